@@ -80,7 +80,9 @@ def batched(smollm: LoadedModel) -> list[list[int]]:
 def test_matches_transformers_token_for_token(smollm: LoadedModel, batched, hf_greedy) -> None:
     assert len(batched) >= 20
     for i, (ours, ref) in enumerate(zip(batched, hf_greedy, strict=True)):
-        assert ours == ref, f"prompt {i}: {smollm.tokenizer.decode(ours)!r} != {smollm.tokenizer.decode(ref)!r}"
+        assert ours == ref, (
+            f"prompt {i}: {smollm.tokenizer.decode(ours)!r} != {smollm.tokenizer.decode(ref)!r}"
+        )
 
 
 def test_batched_equals_one_at_a_time(smollm: LoadedModel, batched) -> None:
@@ -99,8 +101,10 @@ def test_prefix_cache_on_equals_off(smollm: LoadedModel) -> None:
     tok = smollm.tokenizer
     system = "You are a meticulous assistant. Answer briefly and precisely, citing facts where possible. " * 3
     chats = [
-        tok.encode(tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": c}]),
-                   False)
+        tok.encode(
+            tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": c}]),
+            False,
+        )
         for c in CHATS[:6]
     ]
     on = make_core(smollm, enable_prefix_caching=True)

@@ -61,7 +61,7 @@ class BlockManager:
             bs = self.block_size
             for i in range(len(hashes), num_full_blocks):
                 hashes.append(chain_hash(hashes[-1] if hashes else None, tokens[i * bs : (i + 1) * bs]))
-        return hashes
+        return hashes[:num_full_blocks]
 
     def lookup_prefix(self, seq: Sequence) -> tuple[int, ...]:
         """Block ids of the longest cached prefix of `seq`, leaving at least one token to compute

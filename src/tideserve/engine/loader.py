@@ -78,20 +78,19 @@ def load(
     max_positions: int,
     load_format: str = "auto",
     seed: int = 0,
+    int4_decode: bool = False,
 ) -> LoadedModel:
     path = resolve(model)
     cfg = read_config(path)
-    with torch.device("meta"):
-        module = CausalLM(cfg, max_positions).to(dtype)
-    module = module.to_empty(device=device)
-    # to_empty leaves buffers uninitialised: build the (float32) RoPE tables for real.
-    module.rope = type(module.rope)(cfg, max_positions).to(device)
+    module = CausalLM(cfg, max_positions, dtype, device)
     if load_format == "dummy":
         _init_dummy(module, seed)
     elif load_format in ("auto", "safetensors"):
         module.load_hf_weights(_read_safetensors(path))
     else:
         raise ValueError(f"load_format must be auto, safetensors or dummy, not {load_format!r}")
+    if int4_decode:
+        module.enable_int4()
     module.eval()
     return LoadedModel(cfg, module, load_tokenizer(path), path)
 

@@ -3,10 +3,13 @@ built-in engine exactly as they read vLLM."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from tideserve.engine.scheduler import Scheduler
 from tideserve.engine.sequence import Sequence
+
+# vLLM exposes no *_created series; neither do we, so queries match sample for sample.
+disable_created_metrics()
 
 # Buckets as vLLM uses them, so dashboards built for vLLM work unchanged.
 _TTFT_BUCKETS = (

@@ -8,6 +8,7 @@ one matmul each: fewer, larger kernels matter on a CPU and on a GPU alike.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import nn
 
 from tideserve.engine.attention import AttentionBackend, AttentionMetadata, TorchPagedAttention
 from tideserve.engine.config import ModelConfig
+from tideserve.engine.quant import MAX_INT4_ROWS, int4_matmul, pack_int4
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -38,6 +40,27 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
+class Linear(nn.Module):
+    """y = x W^T + b, with storage allocated uninitialised: every weight comes from a checkpoint
+    (or the dummy initialiser), so default init would only cost start-up time."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, factory: dict[str, Any]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features, **factory), requires_grad=False) if bias else None
+        self.int4: tuple[torch.Tensor, torch.Tensor] | None = None  # see quant.py
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.int4 is not None and x.shape[0] <= MAX_INT4_ROWS:
+            y = int4_matmul(x, *self.int4)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)
+
+
+def _ones(n: int, factory: dict[str, Any]) -> nn.Parameter:
+    return nn.Parameter(torch.ones(n, **factory), requires_grad=False)
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
         super().__init__()
@@ -47,55 +70,57 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", freqs.cos().float(), persistent=False)
         self.register_buffer("sin", freqs.sin().float(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, hd/2]
-        sin = self.sin[positions].unsqueeze(1)
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-step tables [T, 1, head_dim], gathered once and used by every layer, so that
+        rope(x) = x * C + swap_halves(x) * S, which is Hugging Face's rotate-half form."""
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return x * c + torch.roll(x, x.shape[-1] // 2, dims=-1) * s
+
+
+Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, factory: dict[str, Any]) -> None:
         super().__init__()
         self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.q_size, self.kv_size = self.nh * self.hd, self.nkv * self.hd
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.attention_bias, factory)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, False, factory)
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm:
-            self.q_norm = nn.Parameter(torch.ones(self.hd))
-            self.k_norm = nn.Parameter(torch.ones(self.hd))
+            # Qwen3's per-head q_norm and k_norm weights, one row per head of the fused Q|K view.
+            self.qk_norm_weight = nn.Parameter(torch.ones(self.nh + self.nkv, self.hd, **factory), False)
         self.eps = cfg.rms_norm_eps
         self.scale = self.hd**-0.5
         self.backend = backend
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: RotaryEmbedding,
-        positions: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor],
-        meta: AttentionMetadata,
+        self, x: torch.Tensor, rope: Rope, cache: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(t, self.nh, self.hd)
-        k = k.view(t, self.nkv, self.hd)
-        v = v.view(t, self.nkv, self.hd)
+        qkv = self.qkv_proj(x)
+        # Q and K heads side by side: one norm and one rotation for both.
+        qk = qkv[:, : self.q_size + self.kv_size].view(t, self.nh + self.nkv, self.hd)
         if self.qk_norm:
-            q = F.rms_norm(q, (self.hd,), self.q_norm, self.eps)
-            k = F.rms_norm(k, (self.hd,), self.k_norm, self.eps)
-        q, k = rope(positions, q), rope(positions, k)
-        o = self.backend.forward(q, k, v, kv[0], kv[1], meta, self.scale)
+            qk = F.rms_norm(qk, (self.hd,), None, self.eps) * self.qk_norm_weight
+        qk = apply_rope(qk, *rope)
+        v = qkv[:, self.q_size + self.kv_size :].view(t, self.nkv, self.hd)
+        kv = torch.stack((qk[:, self.nh :], v), dim=1)  # [T, 2, kvh, hd]: the cache's slot layout
+        o = self.backend.forward(qk[:, : self.nh], kv, cache, meta, self.scale)
         return self.o_proj(o.reshape(t, self.q_size))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, factory: dict[str, Any]) -> None:
         super().__init__()
         self.inter = cfg.intermediate_size
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, False, factory)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, False, factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
@@ -103,56 +128,64 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, factory: dict[str, Any]) -> None:
         super().__init__()
-        self.input_layernorm = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.post_attention_layernorm = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.self_attn = Attention(cfg, backend)
-        self.mlp = MLP(cfg)
+        self.input_layernorm = _ones(cfg.hidden_size, factory)
+        self.post_attention_layernorm = _ones(cfg.hidden_size, factory)
+        self.self_attn = Attention(cfg, backend, factory)
+        self.mlp = MLP(cfg, factory)
         self.eps = cfg.rms_norm_eps
         self.hidden = cfg.hidden_size
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: RotaryEmbedding,
-        positions: torch.Tensor,
-        kv: tuple[torch.Tensor, torch.Tensor],
-        meta: AttentionMetadata,
+        self, x: torch.Tensor, rope: Rope, cache: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
         h = F.rms_norm(x, (self.hidden,), self.input_layernorm, self.eps)
-        x = x + self.self_attn(h, rope, positions, kv, meta)
+        x = x + self.self_attn(h, rope, cache, meta)
         h = F.rms_norm(x, (self.hidden,), self.post_attention_layernorm, self.eps)
         return x + self.mlp(h)
 
 
 class CausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+    def __init__(
+        self, cfg: ModelConfig, max_positions: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
         super().__init__()
         self.cfg = cfg
+        factory: dict[str, Any] = {"dtype": dtype, "device": device}
         backend = TorchPagedAttention()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, backend) for _ in range(cfg.num_layers))
-        self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
+        self.embed_tokens = Linear(cfg.hidden_size, cfg.vocab_size, False, factory)  # rows = token vectors
+        self.layers = nn.ModuleList(DecoderLayer(cfg, backend, factory) for _ in range(cfg.num_layers))
+        self.norm = _ones(cfg.hidden_size, factory)
         self.lm_head = (
-            None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, factory)
         )
-        self.rope = RotaryEmbedding(cfg, max_positions)
+        self.rope = RotaryEmbedding(cfg, max_positions).to(device)
+
+    def enable_int4(self) -> None:
+        """Add 4-bit copies of every projection (and the LM head) for small-batch decode (CPU,
+        bfloat16 only: the kernel's activations are bfloat16)."""
+        if self.embed_tokens.weight.dtype != torch.bfloat16 or self.embed_tokens.weight.device.type != "cpu":
+            raise ValueError("int4 decode weights need --dtype bfloat16 on CPU")
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.int4 = pack_int4(m.weight)
 
     def forward(
         self,
         input_ids: torch.Tensor,  # [T]
         positions: torch.Tensor,  # [T]
-        kv_caches: torch.Tensor,  # [num_layers, 2, num_blocks, block_size, kvh, hd]
+        kv_caches: torch.Tensor,  # [num_layers, num_blocks, block_size, 2, kvh, hd]
         meta: AttentionMetadata,
         logit_indices: torch.Tensor,  # [S] rows of the step whose next-token logits are wanted
     ) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, self.rope, positions, (kv_caches[i, 0], kv_caches[i, 1]), meta)
+        x = F.embedding(input_ids, self.embed_tokens.weight)
+        rope = self.rope.tables(positions, x.dtype)
+        for layer, cache in zip(self.layers, kv_caches, strict=True):
+            x = layer(x, rope, cache, meta)
         x = F.rms_norm(x[logit_indices], (self.cfg.hidden_size,), self.norm, self.cfg.rms_norm_eps)
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, weight).float()
+        head = self.embed_tokens if self.lm_head is None else self.lm_head
+        return head(x).float()
 
     @torch.no_grad()
     def load_hf_weights(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -191,8 +224,8 @@ class CausalLM(nn.Module):
             put(f"{dst}input_layernorm", get(f"{src}input_layernorm.weight"))
             put(f"{dst}post_attention_layernorm", get(f"{src}post_attention_layernorm.weight"))
             if self.cfg.qk_norm:
-                put(f"{dst}self_attn.q_norm", get(f"{src}self_attn.q_norm.weight"))
-                put(f"{dst}self_attn.k_norm", get(f"{src}self_attn.k_norm.weight"))
+                qn, kn = get(f"{src}self_attn.q_norm.weight"), get(f"{src}self_attn.k_norm.weight")
+                put(f"{dst}self_attn.qk_norm_weight", torch.cat((qn.expand(a.nh, -1), kn.expand(a.nkv, -1))))
         put("embed_tokens.weight", get("model.embed_tokens.weight"))
         put("norm", get("model.norm.weight"))
         if self.lm_head is not None:

@@ -47,7 +47,7 @@ class ModelRunner:
         )
         c = self.cfg
         self.kv = torch.zeros(
-            (c.num_layers, 2, self.num_blocks, self.block_size, c.num_kv_heads, c.head_dim),
+            (c.num_layers, self.num_blocks, self.block_size, 2, c.num_kv_heads, c.head_dim),
             dtype=self.dtype,
             device=device,
         )
@@ -72,7 +72,7 @@ class ModelRunner:
         n = min(self.engine_cfg.max_num_batched_tokens, self.engine_cfg.max_model_len)
         c = self.cfg
         scratch = torch.zeros(
-            (c.num_layers, 2, -(-n // self.block_size), self.block_size, c.num_kv_heads, c.head_dim),
+            (c.num_layers, -(-n // self.block_size), self.block_size, 2, c.num_kv_heads, c.head_dim),
             dtype=self.dtype,
             device=self.device,
         )
@@ -143,7 +143,7 @@ class ModelRunner:
             max_blocks = max(-(-c // bs) for c in ctx_lens)
             tables = [d.seq.block_table[:max_blocks] for d in decodes]
             padded = [t + [0] * (max_blocks - len(t)) for t in tables]
-            dec_tables = torch.tensor(padded).to(self.device)
+            dec_tables = torch.tensor(padded).view(-1).to(self.device)
             lens = torch.tensor(ctx_lens).unsqueeze(1)
             dec_mask = (torch.arange(max_blocks * bs).unsqueeze(0) < lens).view(len(decodes), 1, 1, -1)
             dec_mask = dec_mask.to(self.device)

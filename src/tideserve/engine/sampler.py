@@ -41,11 +41,16 @@ class Sampler:
         want_logprobs = [p.logprobs is not None for p in params]
         raw_logprobs = torch.log_softmax(logits, dim=-1) if any(want_logprobs) else None
 
-        if any(p.has_penalties for p in params):
-            logits = apply_penalties(logits, seqs)
+        penalised = any(p.has_penalties for p in params)
+        if penalised:
+            logits = apply_penalties(logits, seqs)  # a copy
+        vocab = logits.shape[-1]
         for i, s in enumerate(seqs):
             if s.num_output_tokens < s.params.min_tokens:
-                logits[i, [*s.params.stop_token_ids, *self.eos_token_ids]] = -float("inf")
+                if not penalised:
+                    logits, penalised = logits.clone(), True  # never write into the caller's tensor
+                ids = [t for t in (*s.params.stop_token_ids, *self.eos_token_ids) if t < vocab]
+                logits[i, ids] = -float("inf")
 
         greedy = torch.tensor([p.greedy for p in params], device=logits.device)
         tokens = logits.argmax(dim=-1)

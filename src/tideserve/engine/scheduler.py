@@ -21,11 +21,12 @@ from tideserve.engine.sequence import Sequence, SequenceStatus
 class ScheduledSeq:
     seq: Sequence
     num_tokens: int  # tokens computed this step, starting at seq.num_computed_tokens
+    # True if this step reaches the sequence's end, so its last logits pick the next token.
+    # Fixed at scheduling time: the sequence's progress moves on once the step has run.
+    samples: bool = field(init=False)
 
-    @property
-    def samples(self) -> bool:
-        """True if this step reaches the sequence's end, so its last logits pick the next token."""
-        return self.seq.num_computed_tokens + self.num_tokens == len(self.seq)
+    def __post_init__(self) -> None:
+        self.samples = self.seq.num_computed_tokens + self.num_tokens == len(self.seq)
 
 
 @dataclass
@@ -99,14 +100,16 @@ class Scheduler:
         # admitted in a step that had to preempt: memory is short.
         while self.waiting and budget > 0 and not out.preempted:
             seq = self.waiting[0]
-            if len(self.running) >= self.config.max_batch_size and not self._evict_for(seq, out):
-                break
+            if len(self.running) >= self.config.max_batch_size:
+                if not self._evict_for(seq, out):
+                    break
+                budget = self.config.max_num_batched_tokens - out.num_tokens
             cached = self.bm.lookup_prefix(seq)
             num_cached = len(cached) * self.bm.block_size
             n = min(len(seq) - num_cached, budget)
             while not self.bm.allocate(seq, n, cached):
                 if not self._evict_for(seq, out):
-                    return self._finalize(out)
+                    return out
                 budget = self.config.max_num_batched_tokens - out.num_tokens
                 n = min(len(seq) - num_cached, budget)
             self.waiting.pop(0)
@@ -118,7 +121,7 @@ class Scheduler:
             bisect.insort(self.running, seq, key=Sequence.sort_key)
             out.scheduled.append(ScheduledSeq(seq, n))
             budget -= n
-        return self._finalize(out)
+        return out
 
     def _evict_for(self, seq: Sequence, out: SchedulerOutput) -> bool:
         """Preempt the least important running sequence if `seq` strictly outranks it."""
@@ -129,13 +132,6 @@ class Scheduler:
         self._preempt(victim)
         out.preempted.append(victim)
         return True
-
-    @staticmethod
-    def _finalize(out: SchedulerOutput) -> SchedulerOutput:
-        # A sequence preempted after it was scheduled must not run this step.
-        gone = {id(s) for s in out.preempted if s.status is SequenceStatus.WAITING}
-        out.scheduled = [s for s in out.scheduled if id(s.seq) not in gone]
-        return out
 
     def update(self, scheduled: list[ScheduledSeq]) -> None:
         """Advance progress after the model ran `scheduled`."""

@@ -216,6 +216,11 @@ def _engine(state: ServerState, model: str) -> tuple[AsyncEngine, EngineCore]:
 
 
 def _params(core: EngineCore, req: Any, ids: list[int], default_max: int | None) -> Any:
+    vocab = core.runner.cfg.vocab_size
+    if req.stop_token_ids and max(req.stop_token_ids) >= vocab:
+        raise bad_request(
+            f"stop_token_ids: {max(req.stop_token_ids)} is not below the vocab size {vocab}", "stop_token_ids"
+        )
     limit = min(core.config.max_model_len, core.capacity_tokens)
     asked = req.requested_max_tokens
     max_tokens = asked or default_max or (limit - len(ids))
