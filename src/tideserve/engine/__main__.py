@@ -22,7 +22,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=60000)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16")
+    p.add_argument(
+        "--int4-decode",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="4-bit weight copies for small-batch decode (CPU, bfloat16); auto: on there",
+    )
     p.add_argument(
         "--load-format",
         default="auto",
@@ -80,10 +86,10 @@ def build_engine(args: argparse.Namespace, name: str):  # type: ignore[no-untype
         if args.device == "auto" and torch.cuda.is_available()
         else ("cpu" if args.device == "auto" else args.device)
     )
-    if args.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, args.dtype)
+    dtype = torch.bfloat16 if args.dtype == "auto" else getattr(torch, args.dtype)
+    int4 = args.int4_decode == "on" or (
+        args.int4_decode == "auto" and device.type == "cpu" and dtype == torch.bfloat16
+    )
     from tideserve.engine.loader import read_config, resolve
 
     cfg = read_config(resolve(args.model))
@@ -97,7 +103,7 @@ def build_engine(args: argparse.Namespace, name: str):  # type: ignore[no-untype
         kv_cache_memory_gib=args.kv_cache_memory,
         enable_prefix_caching=args.prefix_caching,
     )
-    loaded = load(args.model, dtype, device, max_len, args.load_format, args.seed)
+    loaded = load(args.model, dtype, device, max_len, args.load_format, args.seed, int4_decode=int4)
     runner = ModelRunner(loaded.model, engine_cfg, device)
     return EngineCore(runner, loaded.tokenizer, engine_cfg, EngineMetrics(name))
 

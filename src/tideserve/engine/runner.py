@@ -94,8 +94,18 @@ class ModelRunner:
             )
         return budget
 
-    @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSeq]) -> StepResult:
+        logits, sampled = self.forward(scheduled)
+        if not sampled:
+            return StepResult([], SampleResult([], []))
+        return StepResult(sampled, self.sampler(logits, sampled))
+
+    @torch.inference_mode()
+    def forward(
+        self, scheduled: list[ScheduledSeq], every_position: bool = False
+    ) -> tuple[torch.Tensor, list[Sequence]]:
+        """Run one step. Returns next-token logits of the sequences that sample, in row order
+        (or, with `every_position`, of every computed token: tests compare those with a reference)."""
         decodes = [s for s in scheduled if s.num_tokens == 1]
         prefills = [s for s in scheduled if s.num_tokens > 1]
         bs = self.block_size
@@ -113,8 +123,8 @@ class ModelRunner:
             slots.append(seq.block_table[p // bs] * bs + p % bs)
             ctx_lens.append(p + 1)
             if s.samples:
-                logit_rows.append(len(ids) - 1)
                 sampled.append(seq)
+                logit_rows.append(len(ids) - 1)
 
         spans: list[PrefillSpan] = []
         for s in prefills:
@@ -135,8 +145,8 @@ class ModelRunner:
                     PrefillSpan(offset, s.num_tokens, end, blocks.to(self.device), mask.to(self.device))
                 )
             if s.samples:
-                logit_rows.append(len(ids) - 1)
                 sampled.append(seq)
+                logit_rows.append(len(ids) - 1)
 
         dec_tables = dec_mask = None
         if decodes:
@@ -148,6 +158,8 @@ class ModelRunner:
             dec_mask = (torch.arange(max_blocks * bs).unsqueeze(0) < lens).view(len(decodes), 1, 1, -1)
             dec_mask = dec_mask.to(self.device)
 
+        if every_position:
+            logit_rows = list(range(len(ids)))
         dev = self.device
         meta = AttentionMetadata(torch.tensor(slots).to(dev), len(decodes), dec_tables, dec_mask, spans)
         logits = self.model(
@@ -157,9 +169,7 @@ class ModelRunner:
             meta,
             torch.tensor(logit_rows, dtype=torch.long).to(dev),
         )
-        if not sampled:
-            return StepResult([], SampleResult([], []))
-        return StepResult(sampled, self.sampler(logits, sampled))
+        return logits, sampled
 
 
 def _token_at(seq: Sequence, pos: int) -> int:
