@@ -428,7 +428,8 @@ def server_command(name: str, args: argparse.Namespace, port: int) -> list[str]:
         engine = [sys.executable, "-m", "tideserve.engine", "--model", model]
         return [*engine, *listen, *shlex.split(args.tideserve_args)]
     if name == "llamacpp":
-        return [str(args.llama_server), "-m", model, *listen, *LLAMA_SERVER_FLAGS.split()]
+        extra = shlex.split(args.llama_server_args)
+        return [str(args.llama_server), "-m", model, *listen, *LLAMA_SERVER_FLAGS.split(), *extra]
     hf_flags = f"--decode-tokens {args.decode_tokens} --output-tokens {args.output_tokens} --seed {args.seed}"
     concurrency = ",".join(map(str, args.concurrency))
     hf = [str(args.transformers_python), str(BENCH / "hf_generate.py")]
@@ -603,6 +604,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"binary (default: {PEERS}/llama-server, else {SHARED_LLAMA_SERVER}, else build it)",
     )
+    p.add_argument("--llama-server-args", default="", help='appended flags (later wins), e.g. ="-no-kvu"')
     p.add_argument(
         "--transformers-python", type=Path, default=None, help=f"default: {TRANSFORMERS_VENV} (made)"
     )

@@ -162,14 +162,21 @@ class CausalLM(nn.Module):
         )
         self.rope = RotaryEmbedding(cfg, max_positions).to(device)
 
-    def enable_int4(self) -> None:
+    def enable_int4(self, packed: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Add 4-bit copies of every projection (and the LM head) for small-batch decode (CPU,
-        bfloat16 only: the kernel's activations are bfloat16)."""
+        bfloat16 only: the kernel's activations are bfloat16). `packed`, as returned by an
+        earlier call on the same weights, skips the packing; the packed tensors are returned."""
         if self.embed_tokens.weight.dtype != torch.bfloat16 or self.embed_tokens.weight.device.type != "cpu":
             raise ValueError("int4 decode weights need --dtype bfloat16 on CPU")
-        for m in self.modules():
+        out: dict[str, torch.Tensor] = {}
+        for name, m in self.named_modules():
             if isinstance(m, Linear):
-                m.int4 = pack_int4(m.weight)
+                if packed is None:
+                    m.int4 = pack_int4(m.weight)
+                else:
+                    m.int4 = (packed[f"{name}.int4"], packed[f"{name}.scales_zeros"])
+                out[f"{name}.int4"], out[f"{name}.scales_zeros"] = m.int4
+        return out
 
     def forward(
         self,
