@@ -41,7 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument(
-        "--kv-cache-memory", type=float, default=None, help="GiB for the KV cache (CPU default: 1)"
+        "--kv-cache-memory",
+        type=float,
+        default=None,
+        help="GiB for the KV cache (CPU default: two full-length contexts, at most 1/4 of RAM)",
     )
     p.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")

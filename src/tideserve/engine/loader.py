@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def load(
     if load_format == "dummy":
         _init_dummy(module, seed)
     elif load_format in ("auto", "safetensors"):
-        module.load_hf_weights(_read_safetensors(path))
+        module.load_hf_weights(_SafetensorsDir(path))
     else:
         raise ValueError(f"load_format must be auto, safetensors or dummy, not {load_format!r}")
     if int4_decode:
@@ -97,16 +98,27 @@ def load(
     return LoadedModel(cfg, module, load_tokenizer(path), path)
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+class _SafetensorsDir(Mapping[str, torch.Tensor]):
+    """The tensors of a checkpoint directory, read one at a time on access, so loading never
+    holds a second full copy of the weights in memory."""
 
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {path}")
-    tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        tensors.update(load_file(str(f)))
-    return tensors
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors files in {path}")
+        self._handles = [safe_open(str(f), framework="pt") for f in files]
+        self._where = {k: h for h in self._handles for k in h.keys()}  # noqa: SIM118 (not a dict)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._where[name].get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def _enable_int4_cached(module: CausalLM, path: Path, load_format: str) -> None:

@@ -8,6 +8,7 @@ one matmul each: fewer, larger kernels matter on a CPU and on a GPU alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -195,7 +196,7 @@ class CausalLM(nn.Module):
         return head(x).float()
 
     @torch.no_grad()
-    def load_hf_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_hf_weights(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Copy Hugging Face-named tensors in, fusing q/k/v and gate/up. Every parameter must be
         filled: a missing tensor is an error, not a silently random weight."""
         params = dict(self.named_parameters())

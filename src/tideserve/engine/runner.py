@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,10 @@ from tideserve.engine.sequence import Sequence
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
-CPU_DEFAULT_KV_GIB = 1.0
+# Default CPU KV cache: room for this many full-length sequences (llama.cpp's -c, doubled), at
+# most a quarter of RAM. Memory is zeroed up front, so a bigger default costs RSS and start time.
+CPU_DEFAULT_CONTEXTS = 2
+CPU_MAX_RAM_SHARE = 0.25
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -60,7 +64,9 @@ class ModelRunner:
         elif self.device.type == "cuda":
             budget = self._cuda_kv_budget()
         else:
-            budget = CPU_DEFAULT_KV_GIB * GIB
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            wanted = CPU_DEFAULT_CONTEXTS * self.engine_cfg.max_model_len * per_block / self.block_size
+            budget = min(wanted, CPU_MAX_RAM_SHARE * ram)
         return max(1, int(budget // per_block))
 
     def _cuda_kv_budget(self) -> float:
