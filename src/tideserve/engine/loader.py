@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,17 +86,33 @@ def load(
 ) -> LoadedModel:
     path = resolve(model)
     cfg = read_config(path)
+    if load_format not in ("auto", "safetensors", "dummy"):
+        raise ValueError(f"load_format must be auto, safetensors or dummy, not {load_format!r}")
+    # The tokenizer parses on its own thread while the weights copy (torch releases the GIL).
+    with ThreadPoolExecutor(1) as pool:
+        tokenizer = pool.submit(load_tokenizer, path)
+        module = _build(cfg, path, dtype, device, max_positions, load_format, seed, int4_decode)
+        return LoadedModel(cfg, module, tokenizer.result(), path)
+
+
+def _build(
+    cfg: ModelConfig,
+    path: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    load_format: str,
+    seed: int,
+    int4_decode: bool,
+) -> CausalLM:
     module = CausalLM(cfg, max_positions, dtype, device)
     if load_format == "dummy":
         _init_dummy(module, seed)
-    elif load_format in ("auto", "safetensors"):
-        module.load_hf_weights(_SafetensorsDir(path))
     else:
-        raise ValueError(f"load_format must be auto, safetensors or dummy, not {load_format!r}")
+        module.load_hf_weights(_SafetensorsDir(path))
     if int4_decode:
         _enable_int4_cached(module, path, load_format)
-    module.eval()
-    return LoadedModel(cfg, module, load_tokenizer(path), path)
+    return module.eval()
 
 
 class _SafetensorsDir(Mapping[str, torch.Tensor]):

@@ -18,10 +18,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from tideserve.engine.async_engine import AsyncEngine, EngineDeadError
 from tideserve.engine.core import EngineCore, RequestOutput, TokenLogprob
@@ -62,12 +64,12 @@ class ServerState:
         return self.engine is not None and self.engine.alive
 
 
-def build_app(model_name: str, load: Callable[[], EngineCore]) -> FastAPI:
+def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
     """`load` builds the engine (slow); it runs on a thread after the server starts listening."""
     state = ServerState(model_name=model_name, started=time.time())
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
 
         def load_in_background() -> None:
@@ -90,27 +92,20 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> FastAPI:
         if state.engine is not None:
             state.engine.stop()
 
-    app = FastAPI(title="tideserve engine", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.server = state
-
-    @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
         return e.response()
 
-    @app.exception_handler(404)
     async def _not_found(request: Request, _: Exception) -> JSONResponse:
         return APIError(
             404, f"no route {request.method} {request.url.path}", "invalid_request_error"
         ).response()
 
-    @app.exception_handler(405)
     async def _bad_method(request: Request, _: Exception) -> JSONResponse:
         return APIError(
             405, f"method {request.method} not allowed on {request.url.path}", "invalid_request_error"
         ).response()
 
-    @app.get("/health")
-    async def health() -> Response:
+    async def health(_: Request) -> Response:
         if state.ready:
             return JSONResponse({"status": "ok"})
         if state.load_error is not None:
@@ -119,15 +114,13 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> FastAPI:
             return JSONResponse({"status": "failed", "error": str(state.engine.error)}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(_: Request) -> Response:
         core = state.core
         if core is None or core.metrics is None:
             return Response(b"", media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(core.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
-    async def models() -> JSONResponse:
+    async def models(_: Request) -> JSONResponse:
         max_len = state.core.config.max_model_len if state.core else None
         card = {
             "id": model_name,
@@ -138,7 +131,6 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> FastAPI:
         }
         return JSONResponse({"object": "list", "data": [card]})
 
-    @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         req = await _parse(request, ChatCompletionRequest)
         engine, core = _engine(state, req.model)
@@ -159,7 +151,6 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> FastAPI:
             request, _chat_response(gen, rid, model_name, core.tokenizer, req.logprobs), rid
         )
 
-    @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = await _parse(request, CompletionRequest)
         engine, core = _engine(state, req.model)
@@ -182,6 +173,16 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> FastAPI:
             return _sse(_completion_stream(gen, rid, model_name, core.tokenizer, include_usage, lp), rid)
         return await _until_done(request, _completion_response(gen, rid, model_name, core.tokenizer, lp), rid)
 
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    handlers = {APIError: _api_error, 404: _not_found, 405: _bad_method}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    app.state.server = state
     return app
 
 
