@@ -348,21 +348,6 @@ def test_prefix_caching_disabled_never_hits() -> None:
     check_invariants(bm, [b])
 
 
-def test_reset_prefix_cache_forgets_only_unreferenced_blocks() -> None:
-    bm = BlockManager(num_blocks=8, block_size=4)
-    a, b = make_seq(A), make_seq([5] * 9)
-    admit(bm, a)
-    admit(bm, b)
-    bm.free(a)
-    bm.reset_prefix_cache()
-    assert bm.lookup_prefix(make_seq(A)) == ()
-    assert bm.lookup_prefix(make_seq([5] * 9)) == tuple(b.block_table[:2])
-    check_invariants(bm, [b])
-
-
-# --- chain hash -----------------------------------------------------------------------------
-
-
 def test_chain_hash() -> None:
     root = chain_hash(None, [1, 2, 3, 4])
     other_root = chain_hash(None, [9, 9, 9, 9])

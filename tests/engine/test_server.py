@@ -90,6 +90,19 @@ def test_chat_completion_shape(engine) -> None:
     assert 1 <= usage["completion_tokens"] <= 8
 
 
+def test_request_id_is_echoed(engine) -> None:
+    url, _ = engine
+    r = httpx.post(
+        f"{url}/v1/completions",
+        headers={"X-Request-Id": "trace-42"},
+        json={"model": MODEL, "prompt": "hi", "max_tokens": 1},
+    )
+    assert r.headers["x-request-id"] == "trace-42"
+    assert "trace-42" in r.json()["id"]
+    fresh = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
+    assert fresh.headers["x-request-id"] == fresh.json()["id"]
+
+
 def test_stream_matches_non_stream_and_reports_usage(engine) -> None:
     url, _ = engine
     req = {

@@ -7,6 +7,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tideserve.engine.core import EngineCore
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-def build_engine(args: argparse.Namespace, name: str):  # type: ignore[no-untyped-def]
+def build_engine(args: argparse.Namespace, name: str) -> EngineCore:
     import torch
 
     from tideserve.engine.config import EngineConfig

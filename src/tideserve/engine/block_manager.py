@@ -135,9 +135,3 @@ class BlockManager:
     def forget(self, seq: Sequence) -> None:
         """Drop per-sequence hash memo once the sequence is finished for good."""
         self._seq_hashes.pop(seq.seq_id, None)
-
-    def reset_prefix_cache(self) -> None:
-        for block in self.blocks:
-            if block.ref_count == 0 and block.hash is not None:
-                block.hash = None
-        self._cached = {b.hash: b.block_id for b in self.blocks if b.hash is not None}

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
@@ -104,7 +104,6 @@ class EngineConfig:
     kv_cache_memory_gib: float | None = None  # explicit KV budget; on CPU default is derived from RAM
     enable_prefix_caching: bool = True
     num_kv_blocks: int | None = None  # fixed block count (tests); overrides the memory budget
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = [

@@ -89,10 +89,5 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
-    @property
-    def in_prefill(self) -> bool:
-        """True while the tokens to compute are more than the one just sampled."""
-        return len(self) - self.num_computed_tokens > 1
-
     def sort_key(self) -> tuple[int, float, int]:
         return (self.priority, self.arrival_time, self.seq_id)

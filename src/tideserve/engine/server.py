@@ -146,9 +146,12 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
         gen = engine.generate(rid, ids, params, req.priority)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_chat_stream(gen, rid, model_name, core.tokenizer, include_usage, req.logprobs), rid)
+            stream = _chat_stream(gen, rid, model_name, core.tokenizer, include_usage, req.logprobs)
+            return _sse(stream, _echo_id(request, rid))
         return await _until_done(
-            request, _chat_response(gen, rid, model_name, core.tokenizer, req.logprobs), rid
+            request,
+            _chat_response(gen, rid, model_name, core.tokenizer, req.logprobs),
+            _echo_id(request, rid),
         )
 
     async def completions(request: Request) -> Response:
@@ -170,8 +173,10 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
         lp = req.logprobs is not None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_completion_stream(gen, rid, model_name, core.tokenizer, include_usage, lp), rid)
-        return await _until_done(request, _completion_response(gen, rid, model_name, core.tokenizer, lp), rid)
+            stream = _completion_stream(gen, rid, model_name, core.tokenizer, include_usage, lp)
+            return _sse(stream, _echo_id(request, rid))
+        work = _completion_response(gen, rid, model_name, core.tokenizer, lp)
+        return await _until_done(request, work, _echo_id(request, rid))
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -236,12 +241,15 @@ def _params(core: EngineCore, req: Any, ids: list[int], default_max: int | None)
 
 
 def _request_id(request: Request, prefix: str) -> str:
+    """The engine's id for a request: unique even when a client repeats its X-Request-Id, and
+    containing that id so logs of the gateway and the engine can be joined on it."""
     given = request.headers.get("x-request-id")
-    return (
-        f"{prefix}-{given or uuid.uuid4().hex}-{uuid.uuid4().hex[:8]}"
-        if given
-        else f"{prefix}-{uuid.uuid4().hex}"
-    )
+    unique = uuid.uuid4().hex
+    return f"{prefix}-{given}-{unique[:8]}" if given else f"{prefix}-{unique}"
+
+
+def _echo_id(request: Request, rid: str) -> str:
+    return request.headers.get("x-request-id") or rid
 
 
 def _usage(out: RequestOutput) -> dict[str, Any]:
