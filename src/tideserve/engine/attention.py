@@ -53,6 +53,23 @@ def _gather(cache: torch.Tensor, blocks: torch.Tensor, rows: int) -> tuple[torch
     return g[:, :, 0].transpose(1, 2), g[:, :, 1].transpose(1, 2)
 
 
+def _decode_attention(
+    q: torch.Tensor, cache: torch.Tensor, blocks: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One query token per sequence, written as two batched matmuls per KV-head group. On CPU this
+    is 3-4x faster than scaled_dot_product_attention at 8-32 sequences (whose flash kernel is
+    built for long queries), and as fast for one; the softmax runs in float32."""
+    rows, nh, hd = q.shape
+    kvh = cache.shape[-2]
+    g = cache.index_select(0, blocks).view(rows, -1, 2, kvh, hd)
+    k = g[:, :, 0].permute(0, 2, 3, 1)  # [rows, kvh, hd, tokens]
+    v = g[:, :, 1].transpose(1, 2)  # [rows, kvh, tokens, hd]
+    scores = torch.matmul(q.view(rows, kvh, nh // kvh, hd), k).float() * scale
+    scores.masked_fill_(~mask.view(rows, 1, 1, -1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    return torch.matmul(probs, v).view(rows, nh, hd)
+
+
 class TorchPagedAttention:
     def forward(
         self, q: torch.Tensor, kv: torch.Tensor, cache: torch.Tensor, meta: AttentionMetadata, scale: float
@@ -61,12 +78,8 @@ class TorchPagedAttention:
         out = torch.empty_like(q)
         d = meta.num_decodes
         if d:
-            assert meta.decode_block_tables is not None
-            k, v = _gather(cache, meta.decode_block_tables, d)
-            o = F.scaled_dot_product_attention(
-                q[:d].unsqueeze(2), k, v, attn_mask=meta.decode_mask, scale=scale, enable_gqa=True
-            )
-            out[:d] = o.squeeze(2)
+            assert meta.decode_block_tables is not None and meta.decode_mask is not None
+            out[:d] = _decode_attention(q[:d], cache, meta.decode_block_tables, meta.decode_mask, scale)
         for p in meta.prefills:
             sl = slice(p.start, p.start + p.length)
             qp = q[sl].transpose(0, 1).unsqueeze(0)  # [1, nh, L, hd]

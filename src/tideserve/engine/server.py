@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -31,6 +32,8 @@ from tideserve.engine.protocol import ChatCompletionRequest, CompletionRequest
 from tideserve.engine.tokenizer import ChatTemplateError, Tokenizer
 
 log = logging.getLogger(__name__)
+
+EXIT_LOAD_FAILED = 3
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
@@ -56,7 +59,6 @@ class ServerState:
     model_name: str
     core: EngineCore | None = None
     engine: AsyncEngine | None = None
-    load_error: BaseException | None = None
     started: float = 0.0
 
     @property
@@ -75,10 +77,12 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
         def load_in_background() -> None:
             try:
                 core = load()
-            except BaseException as e:
-                log.exception("model failed to load")
-                state.load_error = e
-                return
+            except BaseException:
+                # A process that can never serve must say so by exiting, so a supervisor (the
+                # platform, Kubernetes) restarts it with backoff instead of waiting on /health.
+                log.exception("model failed to load; exiting")
+                logging.shutdown()
+                os._exit(EXIT_LOAD_FAILED)
             state.core = core
 
             def attach() -> None:
@@ -108,8 +112,6 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
     async def health(_: Request) -> Response:
         if state.ready:
             return JSONResponse({"status": "ok"})
-        if state.load_error is not None:
-            return JSONResponse({"status": "failed", "error": str(state.load_error)}, status_code=503)
         if state.engine is not None:
             return JSONResponse({"status": "failed", "error": str(state.engine.error)}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
