@@ -1,0 +1,81 @@
+"""One ASGI app on one port: `/api/v1/*` control plane, `/v1/*` OpenAI entry, `/health`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tideserve import __version__
+from tideserve.api import keys, models, resources, services
+from tideserve.api.deps import Context
+from tideserve.errors import ApiError
+from tideserve.gateway.passthrough import Passthrough, openai_error
+
+
+def _error(status: int, message: str, code: str, details: list[dict[str, str]] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "code": code, "details": details or []}}, status_code=status
+    )
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def create_app(ctx: Context, passthrough: Passthrough, manage_controller: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_controller:
+            ctx.controller.start()
+        yield
+        await passthrough.close()
+        if manage_controller:
+            ctx.controller.shutdown()
+
+    app = FastAPI(
+        title="tideserve",
+        version=__version__,
+        description="Control plane of tideserve: model plaza, resources, inference services.",
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.state.passthrough = passthrough
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        if request.url.path.startswith("/v1/"):
+            return openai_error(e.status, e.message, e.code)
+        return _error(e.status, e.message, e.code, e.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, e: RequestValidationError) -> JSONResponse:
+        details = [{"loc": _loc(tuple(err["loc"])), "msg": err["msg"]} for err in e.errors()]
+        first = details[0] if details else {"loc": "body", "msg": "invalid request"}
+        return _error(422, f"{first['loc']}: {first['msg']}", "validation_error", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _error(e.status_code, str(e.detail), "http_error")
+
+    app.include_router(resources.router)
+    app.include_router(models.router)
+    app.include_router(services.router)
+    app.include_router(keys.router)
+    app.add_api_route("/v1/chat/completions", passthrough.forward, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/completions", passthrough.forward, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/models", passthrough.models, methods=["GET"], include_in_schema=False)
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app

@@ -1,0 +1,70 @@
+"""API keys: random secrets shown once, stored as sha256. `admin` scope manages the platform;
+`inference` scope may only call the OpenAI endpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tideserve.errors import ApiError
+from tideserve.store.models import ApiKey
+
+SCOPES = ("admin", "inference")
+PREFIX = "ts-"
+
+
+def new_secret() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(s: Session, name: str, scope: str, secret: str | None = None) -> str:
+    secret = secret or new_secret()
+    s.add(ApiKey(name=name, prefix=secret[:8], sha256=digest(secret), scope=scope))
+    return secret
+
+
+def ensure_admin_key(s: Session, home: Path) -> str:
+    """The first start writes admin.key (0600); later starts reuse it and make sure the store knows it."""
+    path = home / "admin.key"
+    if path.exists():
+        secret = path.read_text().strip()
+    else:
+        secret = new_secret()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+    if s.scalar(select(ApiKey).where(ApiKey.sha256 == digest(secret))) is None:
+        old = s.scalar(select(ApiKey).where(ApiKey.name == "admin"))
+        if old is not None:  # admin.key was replaced by hand: the new file wins
+            s.delete(old)
+            s.flush()
+        create_key(s, "admin", "admin", secret)
+    return secret
+
+
+def authenticate(s: Session, authorization: str | None, need: str) -> ApiKey:
+    if not authorization:
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "unauthorized")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "malformed Authorization header: use 'Bearer <key>'", "unauthorized")
+    key = s.scalar(select(ApiKey).where(ApiKey.sha256 == digest(token.strip())))
+    if key is None or key.revoked_at is not None:
+        raise ApiError(401, "invalid or revoked API key", "unauthorized")
+    if need == "admin" and key.scope != "admin":
+        raise ApiError(403, f"key {key.name!r} has scope {key.scope!r}; this call needs 'admin'", "forbidden")
+    return key
+
+
+def revoke(key: ApiKey) -> None:
+    key.revoked_at = datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""Model plaza (built-in cards) and the memory estimator that decides where a model fits."""

@@ -1,0 +1,77 @@
+"""Assemble the platform for `tideserve up`: store (migrated), first-start bootstrap, reconciler,
+OpenAI pass-through and the API app."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from tideserve.api.app import create_app
+from tideserve.api.auth import ensure_admin_key
+from tideserve.api.deps import Context
+from tideserve.gateway.passthrough import Passthrough
+from tideserve.resources import bootstrap
+from tideserve.resources.discovery import discover
+from tideserve.services import manager
+from tideserve.services.controller import Controller
+from tideserve.store.db import Store, database_url, migrate
+
+log = logging.getLogger("tideserve")
+
+
+@dataclass
+class Summary:
+    home: Path
+    database: str
+    first_start: bool
+    default_service: str | None
+
+
+def build(home: Path, deploy_default: bool = True) -> tuple[FastAPI, Summary]:
+    store = Store(database_url(home))
+    migrate(store.engine)
+    machine = discover()
+    with store.session() as s:
+        ensure_admin_key(s, home)
+        _node, first = bootstrap.register_this_machine(s, machine)
+    default = None
+    if first and deploy_default:
+        with store.session() as s:
+            manager.create(s, bootstrap.default_service_document(machine))
+        default = bootstrap.DEFAULT_SERVICE
+    elif deploy_default:
+        with store.session() as s:
+            if bootstrap.has_service(s, bootstrap.DEFAULT_SERVICE):
+                default = bootstrap.DEFAULT_SERVICE
+    passthrough = Passthrough(store)
+    controller = Controller(store, home, inflight=passthrough.open_requests)
+    app = create_app(Context(store, home, controller), passthrough)
+    url = (
+        store.url if store.url.startswith("sqlite") else store.engine.url.render_as_string(hide_password=True)
+    )
+    return app, Summary(home, url, first, default)
+
+
+def print_banner(summary: Summary, host: str, port: int) -> None:
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    key = summary.home / "admin.key"
+    lines = [
+        f"tideserve is up: {base}  (home {summary.home}; store {summary.database})",
+        f"  API docs   {base}/api/docs",
+        f"  admin key  {key}",
+    ]
+    if summary.default_service:
+        lines += [
+            f"  service    {summary.default_service} (starting: `tideserve services list` shows its status)",
+            "",
+            "Try it:",
+            f'  curl -s {base}/v1/chat/completions -H "Authorization: Bearer $(cat {key})" \\',
+            "    -H 'content-type: application/json' \\",
+            f'    -d \'{{"model": "{summary.default_service}", '
+            '"messages": [{"role": "user", "content": "What is the capital of France?"}]}\'',
+        ]
+    lines.append("Ctrl-C (or `tideserve down`) stops the platform and its instances.")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,333 @@
+"""The reconciler: level-triggered, idempotent, restart-safe.
+
+Each pass observes every instance (process alive? /health ready? drained?), asks the pure planner
+(rollout.plan) what to do, does it, and derives the service status. All state lives in the store:
+a restarted control plane re-adopts the processes it finds there, and an engine process that was
+started but never recorded (a crash between the two) is found by its environment and stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psutil
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tideserve.backends import builtin
+from tideserve.platforms.local import Handle, Launch, LocalPlatform, free_port, log_tail
+from tideserve.services import placement, rollout
+from tideserve.services.modelref import ModelUnavailable, resolve_model_ref
+from tideserve.services.spec import parse_quantity
+from tideserve.store.db import Store
+from tideserve.store.models import Instance, Node, ResourceGroup, Service
+
+log = logging.getLogger("tideserve.controller")
+
+STARTUP_TIMEOUT = timedelta(minutes=10)  # a large model may take minutes to load
+DRAIN_TIMEOUT = timedelta(minutes=2)  # in-flight requests get this long to finish
+STOP_GRACE = timedelta(seconds=30)  # after SIGTERM, before SIGKILL
+ENV_INSTANCE = "TIDESERVE_INSTANCE_ID"
+ENV_HOME = "TIDESERVE_HOME"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _handle(inst: Instance) -> Handle:
+    return Handle(inst.pid, inst.pid_started)
+
+
+def parse_load(metrics_text: str) -> int:
+    """Requests an engine still holds (running + waiting), from its Prometheus text."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+class Controller:
+    def __init__(
+        self,
+        store: Store,
+        home: Path,
+        platform: LocalPlatform | None = None,
+        inflight: Callable[[str], int] = lambda _id: 0,
+    ) -> None:
+        self.store = store
+        self.home = home
+        self.platform = platform or LocalPlatform()
+        self.inflight = inflight  # requests the gateway has open to an instance
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._http = httpx.Client(timeout=httpx.Timeout(1.0), trust_env=False)
+
+    # --- loop -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.sweep_orphans()
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reconcile_once()
+            except Exception:  # one bad pass must not end reconciliation
+                log.exception("reconcile pass failed")
+            self._wake.wait(1.0)
+            self._wake.clear()
+
+    def shutdown(self, stop_instances: bool = True) -> None:
+        """Ctrl-C: stop the loop, then every instance this platform runs, and forget them."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+        if stop_instances:
+            self.stop_all()
+        self._http.close()
+
+    def stop_all(self) -> None:
+        with self.store.session() as s:
+            instances = list(s.scalars(select(Instance)))
+            handles = [_handle(i) for i in instances if i.pid]
+            for h in handles:
+                self.platform.terminate(h)
+            deadline = _now() + STOP_GRACE
+            for h in handles:
+                while self.platform.exit_code(h) is None and _now() < deadline:
+                    self._stop.wait(0.1)
+                self.platform.kill(h)
+            for inst in instances:
+                s.delete(inst)
+
+    def sweep_orphans(self) -> None:
+        """Stop engine processes of this home that the store does not know (or knows by another pid)."""
+        with self.store.session() as s:
+            known = {i.id: i.pid for i in s.scalars(select(Instance))}
+        me = os.getpid()
+        for proc in psutil.process_iter(["pid", "environ"]):
+            env = proc.info.get("environ") or {}
+            iid = env.get(ENV_INSTANCE)
+            if not iid or proc.pid == me or env.get(ENV_HOME) != str(self.home):
+                continue
+            if known.get(iid) != proc.pid:
+                log.warning("stopping orphaned instance process %s (pid %d)", iid, proc.pid)
+                handle = Handle(proc.pid, proc.create_time())
+                self.platform.kill(handle)
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    def reconcile_once(self) -> None:
+        with self.store.session() as s:
+            names = list(s.scalars(select(Service.name)))
+        for name in names:
+            with self.store.session() as s:
+                svc = s.scalar(select(Service).where(Service.name == name))
+                if svc is not None:
+                    self._reconcile(s, svc)
+
+    def _reconcile(self, s: Session, svc: Service) -> None:
+        now = _now()
+        instances = list(s.scalars(select(Instance).where(Instance.service_id == svc.id)))
+        for inst in instances:
+            self._observe(s, svc, inst, now)
+        instances = [i for i in instances if i.state != rollout.STOPPED]
+        spec = svc.spec["spec"]
+        desired = rollout.Desired(svc.revision, int(spec.get("replicas", 1)), deleting=svc.deleting)
+        observed = [
+            rollout.Observed(i.id, i.revision, i.state, i.failures, i.retry_at, i.created_at)
+            for i in instances
+        ]
+        message = ""
+        for action in rollout.plan(desired, observed, now):
+            by_id = {i.id: i for i in instances}
+            if isinstance(action, rollout.Start):
+                started = self._start(s, svc, now)
+                if isinstance(started, str):
+                    message = started
+                    break  # the next pass retries; nothing fits now
+                instances.append(started)
+            elif isinstance(action, rollout.Restart):
+                self._launch(s, svc, by_id[action.id], now, restart=True)
+            else:
+                self._drain(s, by_id[action.id], now)
+        observed = [rollout.Observed(i.id, i.revision, i.state, i.failures) for i in instances]
+        status = rollout.service_status(desired, observed)
+        if status == "Abnormal" or not message:
+            failing = [i for i in instances if i.state == rollout.FAILED and i.last_error]
+            message = failing[0].last_error if failing else message
+        if svc.deleting and not any(i.state != rollout.STOPPED for i in instances):
+            log.info("service %s deleted", svc.name)
+            s.delete(svc)
+            return
+        if (svc.status, svc.message) != (status, message):
+            log.info("service %s: %s %s", svc.name, status, message[:200])
+            svc.status, svc.message = status, message
+
+    def _observe(self, s: Session, svc: Service, inst: Instance, now: datetime) -> None:
+        if inst.state in (rollout.STARTING, rollout.RUNNING, rollout.DRAINING) and inst.pid:
+            code = self.platform.exit_code(_handle(inst))
+            if code is not None:
+                if inst.state == rollout.DRAINING:
+                    self._forget(s, inst)
+                else:
+                    self._failed(inst, now, f"engine exited with code {code}")
+                return
+        if inst.state == rollout.DRAINING:
+            self._observe_draining(s, inst, now)
+        elif inst.state in (rollout.STARTING, rollout.RUNNING):
+            ready = self._probe(inst)
+            if ready and inst.state == rollout.STARTING:
+                log.info("instance %s of %s is ready on port %d", inst.id, svc.name, inst.port)
+                inst.state, inst.ready_at, inst.failures, inst.last_error = rollout.RUNNING, now, 0, ""
+            elif not ready and inst.state == rollout.RUNNING:
+                inst.state = rollout.STARTING  # not ready: the gateway stops sending to it
+                inst.ready_at = now
+            elif not ready and now - max(inst.started_at or now, inst.ready_at or inst.started_at or now) > (
+                STARTUP_TIMEOUT
+            ):
+                self.platform.kill(_handle(inst))
+                self._failed(inst, now, f"not ready after {STARTUP_TIMEOUT.total_seconds():.0f} s")
+
+    def _observe_draining(self, s: Session, inst: Instance, now: datetime) -> None:
+        if not inst.pid:
+            self._forget(s, inst)
+            return
+        if inst.stop_sent_at is None:
+            timed_out = inst.drain_since is not None and now - inst.drain_since > DRAIN_TIMEOUT
+            if timed_out or self._drained(inst):
+                self.platform.terminate(_handle(inst))
+                inst.stop_sent_at = now
+        elif now - inst.stop_sent_at > STOP_GRACE:
+            self.platform.kill(_handle(inst))
+
+    def _drained(self, inst: Instance) -> bool:
+        if self.inflight(inst.id):
+            return False
+        try:
+            r = self._http.get(f"http://{inst.address}:{inst.port}/metrics")
+            return r.status_code != 200 or parse_load(r.text) == 0
+        except httpx.HTTPError:
+            return True  # an engine that does not answer holds nothing we can wait for
+
+    def _probe(self, inst: Instance) -> bool:
+        try:
+            return (
+                self._http.get(f"http://{inst.address}:{inst.port}{builtin.HEALTH_PATH}").status_code == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    def _failed(self, inst: Instance, now: datetime, why: str) -> None:
+        inst.failures += 1
+        tail = log_tail(inst.log_path, lines=15)
+        inst.last_error = f"{why}; last log lines:\n{tail}" if tail else why
+        inst.state = rollout.FAILED
+        inst.retry_at = now + rollout.backoff(inst.failures)
+        log.warning("instance %s failed (%d in a row): %s", inst.id, inst.failures, why)
+
+    def _forget(self, s: Session, inst: Instance) -> None:
+        inst.state = rollout.STOPPED
+        s.delete(inst)
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def _start(self, s: Session, svc: Service, now: datetime) -> Instance | str:
+        spec = svc.spec["spec"]
+        group = s.scalar(
+            select(ResourceGroup)
+            .join(ResourceGroup.cluster)
+            .where(ResourceGroup.name == spec["resourceGroup"])
+            .where(ResourceGroup.cluster.has(name=spec["cluster"]))
+        )
+        if group is None:
+            return f"resource group {spec['cluster']}/{spec['resourceGroup']} does not exist"
+        res = spec["resources"]
+        req = placement.Request(float(res["cpu"]), parse_quantity(res["memory"]), int(res.get("gpus", 0)))
+        choice = placement.select(self._capacities(s, group), req)
+        if isinstance(choice, placement.NoFit):
+            return f"waiting for resources: {choice.reason}"
+        node = s.get(Node, choice.node_id)
+        assert node is not None
+        inst = Instance(
+            id=uuid.uuid4().hex[:12],
+            service_id=svc.id,
+            revision=svc.revision,
+            node_id=node.id,
+            address=node.address,
+            gpu_indices=list(choice.gpu_indices),
+            created_at=now,
+        )
+        s.add(inst)
+        self._launch(s, svc, inst, now, restart=False)
+        return inst
+
+    def _launch(self, s: Session, svc: Service, inst: Instance, now: datetime, restart: bool) -> None:
+        spec = svc.spec["spec"]
+        taken = set(s.scalars(select(Instance.port).where(Instance.id != inst.id)))
+        inst.port = free_port(taken, base=int(spec.get("access", {}).get("targetPort", 60000)))
+        inst.log_path = str(self.home / "logs" / svc.name / f"{inst.id}.log")
+        inst.started_at, inst.ready_at, inst.retry_at = now, None, None
+        if restart:
+            inst.restarts += 1
+        try:
+            model_ref = resolve_model_ref(s, spec["model"])
+        except ModelUnavailable as e:
+            inst.pid = 0
+            self._failed(inst, now, str(e))
+            return
+        env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
+        env[ENV_INSTANCE], env[ENV_HOME] = inst.id, str(self.home)
+        if inst.gpu_indices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in inst.gpu_indices)
+        argv = builtin.launch_argv(svc.name, model_ref, spec, inst.port)
+        s.flush()  # the row exists before the process does (see sweep_orphans)
+        handle = self.platform.start(Launch(argv, env, Path(inst.log_path)))
+        inst.pid, inst.pid_started, inst.state = handle.pid, handle.started, rollout.STARTING
+        log.info("instance %s of %s starting: pid %d port %d", inst.id, svc.name, inst.pid, inst.port)
+
+    def _drain(self, s: Session, inst: Instance, now: datetime) -> None:
+        if not inst.pid or inst.state == rollout.FAILED:
+            self._forget(s, inst)
+            return
+        log.info("instance %s draining", inst.id)
+        inst.state, inst.drain_since = rollout.DRAINING, now
+
+    def _capacities(self, s: Session, group: ResourceGroup) -> list[placement.NodeCapacity]:
+        out = []
+        for node in group.nodes:
+            used = [
+                (i, s.get(Service, i.service_id))
+                for i in s.scalars(select(Instance).where(Instance.node_id == node.id))
+                if i.state != rollout.STOPPED
+            ]
+            specs = [svc.spec["spec"]["resources"] for _, svc in used if svc is not None]
+            out.append(
+                placement.NodeCapacity(
+                    id=node.id,
+                    name=node.name,
+                    ready=node.status == "Ready",
+                    cpus=node.cpus,
+                    memory_bytes=node.memory_bytes,
+                    gpu_indices=tuple(g["index"] for g in node.gpus),
+                    used_cpus=sum(float(r["cpu"]) for r in specs),
+                    used_memory_bytes=sum(parse_quantity(r["memory"]) for r in specs),
+                    used_gpus=frozenset(g for i, _ in used for g in i.gpu_indices),
+                )
+            )
+        return out

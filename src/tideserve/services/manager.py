@@ -1,0 +1,188 @@
+"""Service operations behind the API and `tideserve apply`: validate everything first, then write in
+one transaction, so a rejected request leaves nothing behind. The reconciler does the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tideserve.catalog.plaza import get_card
+from tideserve.errors import ApiError, conflict, invalid, not_found
+from tideserve.services import spec as specs
+from tideserve.services.fit import FitReport, fit_report
+from tideserve.store.models import Cluster, CustomModel, ResourceGroup, Revision, Service
+
+ENGINES_HERE = ("builtin",)  # engines the local platform can launch (vLLM/SGLang run on Kubernetes)
+
+
+@dataclass
+class Prepared:
+    spec: specs.ServiceSpec
+    document: dict[str, Any]
+    fit: FitReport
+
+
+def _spec_error(e: specs.SpecError) -> ApiError:
+    first = e.errors[0] if e.errors else {"loc": "", "msg": str(e)}
+    return invalid(f"{first['loc']}: {first['msg']}" if first["loc"] else first["msg"], e.errors)
+
+
+def _model_max_context(s: Session, model: str) -> int | None:
+    custom = s.scalar(select(CustomModel).where(CustomModel.name == model))
+    if custom is not None:
+        return custom.meta.get("max_context")
+    card = get_card(model)
+    if card is None:
+        raise invalid(
+            f"spec.model: model {model!r} is neither in the model plaza nor a registered custom model: "
+            "list models with `tideserve models list` or register one with `tideserve models add`",
+            [{"loc": "spec.model", "msg": f"unknown model {model!r}"}],
+        )
+    return card.architecture.max_context
+
+
+def prepare(s: Session, body: Any, name: str | None = None) -> Prepared:
+    """Parse and check a service document against the store and the hardware; writes nothing."""
+    try:
+        spec = specs.parse_service_document(body)
+    except specs.SpecError as e:
+        raise _spec_error(e) from e
+    doc = specs.to_document(spec)
+    if name is not None and doc["metadata"]["name"] != name:
+        raise invalid(
+            f"metadata.name is {doc['metadata']['name']!r} but the URL names {name!r}: make them match",
+            [{"loc": "metadata.name", "msg": "does not match the URL"}],
+        )
+    body_spec = doc["spec"]
+    try:
+        spec = specs.apply_defaults(spec, _model_max_context(s, body_spec["model"]))
+    except specs.SpecError as e:
+        raise _spec_error(e) from e
+    doc = specs.to_document(spec)
+    body_spec = doc["spec"]
+    engine = body_spec["engine"]["name"]
+    if engine not in ENGINES_HERE:
+        raise invalid(
+            f"spec.engine.name: engine {engine!r} runs on the kubernetes platform; "
+            f"cluster {body_spec['cluster']!r} is local, where the engines are {', '.join(ENGINES_HERE)}",
+            [{"loc": "spec.engine.name", "msg": f"{engine} is not available on the local platform"}],
+        )
+    params = body_spec["parameters"]
+    if engine == "builtin" and (params["tpSize"] > 1 or params["ppSize"] > 1):
+        raise invalid(
+            "spec.parameters.tpSize: the built-in engine runs one GPU per instance: "
+            "set tpSize=1 and ppSize=1, or use engine vllm or sglang",
+            [{"loc": "spec.parameters.tpSize", "msg": "builtin supports tpSize=1, ppSize=1"}],
+        )
+    if body_spec["deployment"]["mode"] != "single" and engine == "builtin":
+        raise invalid(
+            "spec.deployment.mode: the built-in engine serves single-machine instances: "
+            "use mode single, or engine vllm/sglang for multiNode and pdDisaggregated",
+            [{"loc": "spec.deployment.mode", "msg": "builtin supports mode single"}],
+        )
+    group = s.scalar(
+        select(ResourceGroup)
+        .join(Cluster, ResourceGroup.cluster_id == Cluster.id)
+        .where(Cluster.name == body_spec["cluster"], ResourceGroup.name == body_spec["resourceGroup"])
+    )
+    if group is None:
+        where = f"{body_spec['cluster']}/{body_spec['resourceGroup']}"
+        raise invalid(
+            f"spec.resourceGroup: resource group {where} does not exist: create it or pick another",
+            [{"loc": "spec.resourceGroup", "msg": f"{where} not found"}],
+        )
+    nodes = group.nodes
+    errors = specs.validate_against_hardware(
+        spec, [len(n.gpus) for n in nodes], [n.cpus for n in nodes], [n.memory_bytes for n in nodes]
+    )
+    if errors:
+        raise invalid(f"{errors[0]['loc']}: {errors[0]['msg']}", errors)
+    report = fit_report(s, doc, nodes)
+    return Prepared(spec, doc, report)
+
+
+def _check_fit(p: Prepared) -> None:
+    if not p.fit.fits:
+        raise invalid(p.fit.message, [{"loc": "spec.resources", "msg": p.fit.message}])
+
+
+def _get(s: Session, name: str) -> Service:
+    svc = s.scalar(select(Service).where(Service.name == name))
+    if svc is None:
+        raise not_found("service", name, "list services with `tideserve services list`")
+    return svc
+
+
+def create(s: Session, body: Any) -> Service:
+    p = prepare(s, body)
+    name = p.document["metadata"]["name"]
+    if s.scalar(select(Service).where(Service.name == name)) is not None:
+        raise conflict(f"service {name!r} already exists: pick another name, or update it with PUT / apply")
+    _check_fit(p)
+    svc = Service(name=name, spec=p.document, revision=1, status="Pending")
+    s.add(svc)
+    s.flush()
+    s.add(Revision(service_id=svc.id, number=1, hash=specs.revision_hash(p.spec), spec=p.document))
+    return svc
+
+
+def update(s: Session, name: str, body: Any, *, restart: bool = False) -> tuple[Service, str]:
+    """New spec for an existing service: a new revision (rolled out) when instances must change,
+    an in-place edit when only replicas/description/access change. Returns (service, what happened)."""
+    svc = _get(s, name)
+    if svc.deleting:
+        raise conflict(f"service {name!r} is being deleted")
+    try:
+        wanted = specs.parse_service_document(body)
+    except specs.SpecError as e:
+        raise _spec_error(e) from e
+    if errors := specs.immutable_errors(specs.parse_service_document(svc.spec), wanted):
+        raise invalid(errors[0]["msg"], [dict(e) for e in errors])
+    p = prepare(s, body, name=name)
+    _check_fit(p)
+    current = s.scalar(select(Revision).where(Revision.service_id == svc.id, Revision.number == svc.revision))
+    new_hash = specs.revision_hash(p.spec)
+    if current is not None and current.hash == new_hash and not restart:
+        if p.document == svc.spec:
+            return svc, "unchanged"
+        svc.spec, svc.updated_at = p.document, datetime.now(UTC)
+        return svc, "updated"
+    svc.revision += 1
+    svc.spec, svc.updated_at = p.document, datetime.now(UTC)
+    s.add(Revision(service_id=svc.id, number=svc.revision, hash=new_hash, spec=p.document))
+    return svc, "rolled out"
+
+
+def apply(s: Session, body: Any, name: str | None = None) -> tuple[Service, str]:
+    """Create or update by the document's name (which must match `name`, the URL's, when given)."""
+    try:
+        doc_name = specs.to_document(specs.parse_service_document(body))["metadata"]["name"]
+    except specs.SpecError as e:
+        raise _spec_error(e) from e
+    if name is not None and doc_name != name:
+        raise invalid(
+            f"metadata.name is {doc_name!r} but the URL names {name!r}: make them match",
+            [{"loc": "metadata.name", "msg": "does not match the URL"}],
+        )
+    if s.scalar(select(Service).where(Service.name == doc_name)) is None:
+        return create(s, body), "created"
+    return update(s, doc_name, body)
+
+
+def restart(s: Session, name: str) -> Service:
+    svc = _get(s, name)
+    return update(s, name, svc.spec, restart=True)[0]
+
+
+def delete(s: Session, name: str) -> Service:
+    svc = _get(s, name)
+    svc.deleting, svc.status, svc.updated_at = True, "Deleting", datetime.now(UTC)
+    return svc
+
+
+def get(s: Session, name: str) -> Service:
+    return _get(s, name)
