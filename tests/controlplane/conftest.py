@@ -28,25 +28,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"], scope="module")
-def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None means the default (SQLite in the home); otherwise a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    import psycopg
+class Databases:
+    """Fresh PostgreSQL databases on demand, dropped at teardown; None stands for SQLite in the home."""
 
-    name = f"tideserve_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {e}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.made: list[str] = []
+
+    def new(self) -> str | None:
+        if self.kind == "sqlite":
+            return None
+        import psycopg
+
+        name = f"tideserve_test_{uuid.uuid4().hex[:10]}"
+        try:
+            with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
+                admin.execute(f'CREATE DATABASE "{name}"')
+        except psycopg.OperationalError as e:
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {e}")
+        self.made.append(name)
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+    def drop_all(self) -> None:
+        if not self.made:
+            return
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as admin:
+            for name in self.made:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], scope="module")
+def databases(request: pytest.FixtureRequest) -> Iterator[Databases]:
+    dbs = Databases(request.param)
+    yield dbs
+    dbs.drop_all()
 
 
 @dataclass
@@ -173,11 +190,12 @@ def _cleanup(platform: Platform) -> None:
 
 
 @pytest.fixture
-def make_platform(tmp_path: Path, db_url: str | None) -> Iterator[Any]:
+def make_platform(tmp_path: Path, databases: Databases) -> Iterator[Any]:
+    """Each platform gets its own home and its own store."""
     made: list[Platform] = []
 
-    def make(home: Path | None = None) -> Platform:
-        p = Platform(home or tmp_path / f"home{len(made)}", free_port(), db_url)
+    def make() -> Platform:
+        p = Platform(tmp_path / f"home{len(made)}", free_port(), databases.new())
         made.append(p)
         return p
 
@@ -187,9 +205,9 @@ def make_platform(tmp_path: Path, db_url: str | None) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def shared_platform(tmp_path_factory: pytest.TempPathFactory, db_url: str | None) -> Iterator[Platform]:
+def shared_platform(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[Platform]:
     """One platform without the default service, for API tests that start no engine."""
-    p = Platform(tmp_path_factory.mktemp("home"), free_port(), db_url)
+    p = Platform(tmp_path_factory.mktemp("home"), free_port(), databases.new())
     p.start("--no-default")
     yield p
     _cleanup(p)

@@ -3,6 +3,7 @@ the YAML view, and a dry run that returns the fit estimate without deploying."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -14,7 +15,7 @@ from tideserve.api.deps import Admin, Ctx
 from tideserve.errors import invalid, not_found
 from tideserve.platforms.local import log_tail
 from tideserve.services import manager
-from tideserve.services.spec import to_yaml
+from tideserve.services.spec import parse_service_document, to_yaml
 from tideserve.store.models import Instance, Node, Service
 
 router = APIRouter(prefix="/api/v1/services", dependencies=[Admin], tags=["services"])
@@ -33,8 +34,6 @@ async def document_body(request: Request) -> Any:
     ctype = request.headers.get("content-type", "")
     if "yaml" in ctype:
         return raw.decode("utf-8", "replace")
-    import json
-
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:
@@ -145,8 +144,6 @@ def get_service(ctx: Ctx, name: str) -> dict[str, Any]:
 @router.get("/{name}/yaml", response_class=PlainTextResponse)
 def service_yaml(ctx: Ctx, name: str) -> str:
     with ctx.store.session() as s:
-        from tideserve.services.spec import parse_service_document
-
         return to_yaml(parse_service_document(manager.get(s, name).spec))
 
 

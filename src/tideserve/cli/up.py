@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,13 @@ def up(
             err=True,
         )
         raise typer.Exit(1)
+    with socket.socket() as probe:  # fail before first-start work, not after the banner
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            typer.echo(f"cannot listen on {host}:{port}: {e.strerror}: free it or pass --port", err=True)
+            raise typer.Exit(1) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app, summary = build(home, deploy_default=not no_default)
     write_running(home, host, port)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from tideserve.backends import builtin
 from tideserve.platforms.local import Handle, Launch, LocalPlatform, free_port, log_tail
 from tideserve.services import placement, rollout
+from tideserve.services.fit import instance_resources
 from tideserve.services.modelref import ModelUnavailable, resolve_model_ref
 from tideserve.services.spec import parse_quantity
 from tideserve.store.db import Store
@@ -311,12 +312,8 @@ class Controller:
     def _capacities(self, s: Session, group: ResourceGroup) -> list[placement.NodeCapacity]:
         out = []
         for node in group.nodes:
-            used = [
-                (i, s.get(Service, i.service_id))
-                for i in s.scalars(select(Instance).where(Instance.node_id == node.id))
-                if i.state != rollout.STOPPED
-            ]
-            specs = [svc.spec["spec"]["resources"] for _, svc in used if svc is not None]
+            used = [i for i in s.scalars(select(Instance).where(Instance.node_id == node.id))]
+            asked = [instance_resources(s, i) for i in used]
             out.append(
                 placement.NodeCapacity(
                     id=node.id,
@@ -325,9 +322,9 @@ class Controller:
                     cpus=node.cpus,
                     memory_bytes=node.memory_bytes,
                     gpu_indices=tuple(g["index"] for g in node.gpus),
-                    used_cpus=sum(float(r["cpu"]) for r in specs),
-                    used_memory_bytes=sum(parse_quantity(r["memory"]) for r in specs),
-                    used_gpus=frozenset(g for i, _ in used for g in i.gpu_indices),
+                    used_cpus=sum(float(r["cpu"]) for r in asked),
+                    used_memory_bytes=sum(parse_quantity(r["memory"]) for r in asked),
+                    used_gpus=frozenset(g for i in used for g in i.gpu_indices),
                 )
             )
         return out

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from tideserve.catalog import estimator
 from tideserve.catalog.plaza import get_card
 from tideserve.services.spec import parse_quantity
-from tideserve.store.models import CustomModel, Instance, Node, Service
+from tideserve.store.models import CustomModel, Instance, Node, Revision
 
 
 @dataclass
@@ -59,13 +59,17 @@ def _free_gpus(s: Session, node: Node) -> list[int]:
     return [int(g["memory_bytes"]) for g in node.gpus if g["index"] not in used]
 
 
+def instance_resources(s: Session, inst: Instance) -> dict[str, Any]:
+    """What an instance asked for: its own revision's resources, which an update may have changed."""
+    spec = s.scalar(
+        select(Revision.spec).where(Revision.service_id == inst.service_id, Revision.number == inst.revision)
+    )
+    return spec["spec"]["resources"] if spec else {"cpu": 0, "memory": 0, "gpus": 0}
+
+
 def _free_ram(s: Session, node: Node) -> int:
-    used = 0
-    for inst in s.scalars(select(Instance).where(Instance.node_id == node.id)):
-        svc = s.get(Service, inst.service_id)
-        if svc is not None:
-            used += parse_quantity(svc.spec["spec"]["resources"]["memory"])
-    return node.memory_bytes - used
+    instances = s.scalars(select(Instance).where(Instance.node_id == node.id))
+    return node.memory_bytes - sum(parse_quantity(instance_resources(s, i)["memory"]) for i in instances)
 
 
 def fit_report(s: Session, doc: dict[str, Any], nodes: list[Node]) -> FitReport:
