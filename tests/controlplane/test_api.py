@@ -228,3 +228,19 @@ def test_duplicate_and_immutable_fields(c):
     assert c.get("/api/v1/services/dup/yaml").text.startswith("apiVersion: tideserve/v1")
     assert c.delete("/api/v1/services/dup").status_code == 202
     assert c.delete("/api/v1/services/nope").status_code == 404
+
+
+def test_openapi_documents_the_api(shared_platform):
+    import httpx
+
+    spec = httpx.get(shared_platform.url + "/api/v1/openapi.json", timeout=10).json()
+    paths = set(spec["paths"])
+    assert {
+        "/api/v1/clusters",
+        "/api/v1/nodes",
+        "/api/v1/models",
+        "/api/v1/services",
+        "/api/v1/keys",
+    } <= paths
+    assert "/api/v1/services/{name}/restart" in paths and "/api/v1/services/dry-run" in paths
+    assert httpx.get(shared_platform.url + "/api/docs", timeout=10).status_code == 200
