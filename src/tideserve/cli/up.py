@@ -45,6 +45,8 @@ def up(
             typer.echo(f"cannot listen on {host}:{port}: {e.strerror}: free it or pass --port", err=True)
             raise typer.Exit(1) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "alembic"):  # a line per health probe / migration step drowns the log
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     app, summary = build(home, deploy_default=not no_default)
     write_running(home, host, port)
     try:
