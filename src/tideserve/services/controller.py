@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tideserve.backends import builtin
+from tideserve.observability.engine_metrics import parse_engine_metrics
 from tideserve.platforms.local import Handle, Launch, LocalPlatform, free_port, log_tail
 from tideserve.services import placement, rollout
 from tideserve.services.fit import instance_resources
@@ -45,15 +46,6 @@ def _now() -> datetime:
 
 def _handle(inst: Instance) -> Handle:
     return Handle(inst.pid, inst.pid_started)
-
-
-def parse_load(metrics_text: str) -> int:
-    """Requests an engine still holds (running + waiting), from its Prometheus text."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
 
 
 class Controller:
@@ -222,9 +214,15 @@ class Controller:
             return False
         try:
             r = self._http.get(f"http://{inst.address}:{inst.port}/metrics")
-            return r.status_code != 200 or parse_load(r.text) == 0
         except httpx.HTTPError:
             return True  # an engine that does not answer holds nothing we can wait for
+        if r.status_code != 200:
+            return True
+        try:
+            load = parse_engine_metrics(r.text)
+        except ValueError:
+            return False  # unreadable: the drain timeout decides
+        return load.running + load.waiting == 0
 
     def _probe(self, inst: Instance) -> bool:
         try:
