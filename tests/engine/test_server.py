@@ -344,3 +344,14 @@ def test_client_disconnect_aborts_the_request(engine) -> None:
         pytest.fail("the abandoned request kept running")
     gen = [ln for ln in m.splitlines() if ln.startswith("vllm:generation_tokens_total")]
     assert gen and float(gen[0].split()[-1]) < 10_000
+
+
+def test_metrics_read_into_the_platform_vocabulary(engine) -> None:
+    from tideserve.observability.engine_metrics import parse_engine_metrics
+
+    url, _ = engine
+    chat(url, max_tokens=2)
+    load = parse_engine_metrics(httpx.get(url + "/metrics").text)
+    assert load.running == 0 and load.waiting == 0
+    assert 0 <= load.kv_usage <= 1
+    assert load.prefix_queries > 0 and 0 <= load.prefix_hits <= load.prefix_queries

@@ -33,6 +33,7 @@ def create_app(ctx: Context, passthrough: Passthrough, manage_controller: bool =
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_controller:
             ctx.controller.start()
+        await passthrough.start()
         yield
         await passthrough.close()
         if manage_controller:

@@ -158,11 +158,12 @@ def restart_service(ctx: Ctx, name: str) -> dict[str, Any]:
 
 
 @router.delete("/{name}", status_code=202)
-def delete_service(ctx: Ctx, name: str) -> dict[str, Any]:
+def delete_service(ctx: Ctx, name: str, request: Request) -> dict[str, Any]:
     """Graceful: routing stops at once, in-flight requests finish, then instances stop."""
     with ctx.store.session() as s:
         svc = manager.delete(s, name)
         view = service_view(s, svc)
+    request.app.state.passthrough.table.forget(name)
     ctx.controller.wake()
     return view
 

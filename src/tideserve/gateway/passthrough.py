@@ -16,8 +16,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tideserve.api.auth import authenticate
 from tideserve.errors import ApiError
+from tideserve.gateway.endpoints import EndpointTable
 from tideserve.store.db import Store
-from tideserve.store.models import Instance, Service
+from tideserve.store.models import Service
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "authorization"}
 
@@ -33,6 +34,7 @@ def openai_error(status: int, message: str, code: str, param: str | None = None)
 class Passthrough:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.table = EndpointTable(store)
         self.inflight: dict[str, int] = defaultdict(int)
         self._client: httpx.AsyncClient | None = None
 
@@ -47,7 +49,11 @@ class Passthrough:
             self._client = httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
         return self._client
 
+    async def start(self) -> None:
+        await self.table.start()
+
     async def close(self) -> None:
+        await self.table.close()
         if self._client is not None:
             await self._client.aclose()
 
@@ -57,14 +63,8 @@ class Passthrough:
 
     def _endpoints(self, model: str) -> list[tuple[str, str]] | None:
         """(instance id, base URL) of the service's ready instances; None when no such service."""
-        with self.store.session() as s:
-            svc = s.scalar(select(Service).where(Service.name == model, Service.deleting.is_(False)))
-            if svc is None:
-                return None
-            rows = s.scalars(
-                select(Instance).where(Instance.service_id == svc.id, Instance.state == "Running")
-            )
-            return [(i.id, f"http://{i.address}:{i.port}") for i in rows]
+        route = self.table.route(model)
+        return None if route is None else [(e.instance_id, e.url) for e in route.endpoints]
 
     async def models(self, request: Request) -> Response:
         try:
@@ -100,6 +100,9 @@ class Passthrough:
                 400, "'model' is required: the name of an inference service", "missing_model", "model"
             )
         endpoints = self._endpoints(model)
+        if not endpoints:
+            await self.table.sync()
+            endpoints = self._endpoints(model)
         if endpoints is None:
             return openai_error(
                 404,
@@ -120,7 +123,9 @@ class Passthrough:
             self.inflight[instance_id] += 1
             try:
                 resp = await self.client.send(upstream, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout):
+            except httpx.TransportError:
+                # Nothing reached the client yet, so the next instance may take it: this one was
+                # refused, timed out connecting, or closed a kept-alive connection while stopping.
                 self.inflight[instance_id] -= 1
                 continue
             except BaseException:
