@@ -13,6 +13,7 @@ from tideserve.api.app import create_app
 from tideserve.api.auth import ensure_admin_key
 from tideserve.api.deps import Context
 from tideserve.gateway.passthrough import Passthrough
+from tideserve.home import client_url
 from tideserve.resources import bootstrap
 from tideserve.resources.discovery import discover
 from tideserve.services import manager
@@ -56,7 +57,7 @@ def build(home: Path, deploy_default: bool = True) -> tuple[FastAPI, Summary]:
 
 
 def print_banner(summary: Summary, host: str, port: int) -> None:
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    base = client_url(host, port)
     key = summary.home / "admin.key"
     lines = [
         f"tideserve is up: {base}  (home {summary.home}; store {summary.database})",

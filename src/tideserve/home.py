@@ -28,8 +28,12 @@ class Running:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        return client_url(self.host, self.port)
+
+
+def client_url(host: str, port: int) -> str:
+    """Where a local client reaches a server listening on host:port (a wildcard means loopback)."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
 
 
 def pid_file(home: Path) -> Path:

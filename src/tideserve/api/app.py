@@ -28,16 +28,14 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(ctx: Context, passthrough: Passthrough, manage_controller: bool = True) -> FastAPI:
+def create_app(ctx: Context, passthrough: Passthrough) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if manage_controller:
-            ctx.controller.start()
+        ctx.controller.start()
         await passthrough.start()
         yield
         await passthrough.close()
-        if manage_controller:
-            ctx.controller.shutdown()
+        ctx.controller.shutdown()
 
     app = FastAPI(
         title="tideserve",

@@ -93,7 +93,9 @@ def _services_in(s: Session, cluster: str, group: str | None = None) -> list[str
 
 
 def cluster_view(s: Session, c: Cluster) -> dict[str, Any]:
-    nodes = s.scalar(select(func.count()).select_from(Node).where(Node.cluster_id == c.id))
+    nodes = s.scalar(
+        select(func.count()).select_from(Node).join(ResourceGroup).where(ResourceGroup.cluster_id == c.id)
+    )
     return {
         "name": c.name,
         "description": c.description,
@@ -231,7 +233,7 @@ def add_node(ctx: Ctx, cluster: str, name: str, body: NodeRef) -> dict[str, Any]
                     "remove it there first; a node belongs to one cluster at a time"
                 )
             raise conflict(f"node {n.name!r} is already in resource group {where}: remove it there first")
-        n.group, n.cluster_id = g, g.cluster_id
+        n.group = g
         s.flush()
         ctx.controller.wake()
         return node_view(s, n)
@@ -251,7 +253,7 @@ def remove_node(ctx: Ctx, cluster: str, name: str, node: str) -> None:
                 f"node {node!r} runs {len(running)} instance(s) of {', '.join(services)}: "
                 "scale those services down or delete them first"
             )
-        n.group, n.cluster_id = None, None
+        n.group = None
 
 
 # --- nodes -------------------------------------------------------------------------------------

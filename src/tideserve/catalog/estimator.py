@@ -159,7 +159,8 @@ class ServingConfig:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes on each GPU of one instance (the worst one when layers do not split evenly)."""
+    """Bytes on each GPU of one instance (the worst one when layers do not split evenly), or of RAM
+    for a CPU instance of the built-in engine (then tp = pp = 1)."""
 
     model: ModelShape
     config: ServingConfig
@@ -177,27 +178,6 @@ class MemoryEstimate:
     def total_bytes(self) -> int:
         """What fit decisions use: engines like vLLM start with room for one full sequence and
         serve more concurrent ones as the remaining memory allows."""
-        return self.weights_bytes + self.overhead_bytes + self.kv_min_bytes
-
-    @property
-    def total_full_bytes(self) -> int:
-        return self.weights_bytes + self.overhead_bytes + self.kv_full_bytes
-
-
-@dataclass(frozen=True)
-class RamEstimate:
-    """Bytes of RAM for one built-in engine instance on CPU."""
-
-    model: ModelShape
-    config: ServingConfig
-    weights_bytes: int
-    kv_bytes_per_token: int
-    kv_min_bytes: int
-    kv_full_bytes: int
-    overhead_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
         return self.weights_bytes + self.overhead_bytes + self.kv_min_bytes
 
     @property
@@ -258,7 +238,7 @@ def estimate_memory(model: ModelShape, config: ServingConfig) -> MemoryEstimate:
     )
 
 
-def estimate_ram(model: ModelShape, config: ServingConfig) -> RamEstimate:
+def estimate_ram(model: ModelShape, config: ServingConfig) -> MemoryEstimate:
     """RAM of one built-in engine instance on CPU. `config.weight_dtype` is the dtype it computes
     in: GGUF and other quantized files are dequantized on load. tp/pp do not apply on CPU."""
     if config.weight_dtype not in FLOAT_DTYPES:
@@ -272,7 +252,7 @@ def estimate_ram(model: ModelShape, config: ServingConfig) -> RamEstimate:
     if single.weight_dtype == "bfloat16":
         weights += math.ceil(model.parameters * CPU_INT4_COPY_BITS / 8)
     per_token = kv_bytes_per_token(model, single)
-    return RamEstimate(
+    return MemoryEstimate(
         model=model,
         config=single,
         weights_bytes=weights,
@@ -295,19 +275,19 @@ def _where(config: ServingConfig) -> str:
     return f"tpSize={config.tp_size}" + (f", ppSize={config.pp_size}" if config.pp_size > 1 else "")
 
 
-def _breakdown(e: MemoryEstimate | RamEstimate) -> str:
+def _breakdown(e: MemoryEstimate) -> str:
     return (
         f"weights {_gib(e.weights_bytes)}, KV cache for one {e.config.max_model_len}-token sequence "
         f"{_gib(e.kv_min_bytes)}, runtime {_gib(e.overhead_bytes)}"
     )
 
 
-def _sequences(e: MemoryEstimate | RamEstimate, available: int) -> int:
+def _sequences(e: MemoryEstimate, available: int) -> int:
     room = available - e.weights_bytes - e.overhead_bytes
     return max(0, room // e.kv_min_bytes) if e.kv_min_bytes else 0
 
 
-def _max_model_len(e: MemoryEstimate | RamEstimate, available: int) -> int | None:
+def _max_model_len(e: MemoryEstimate, available: int) -> int | None:
     """The largest maxModelLen (a multiple of 1024) whose one sequence fits, if any is allowed."""
     room = available - e.weights_bytes - e.overhead_bytes
     if e.kv_bytes_per_token == 0 or room <= 0:
@@ -417,7 +397,7 @@ def check_fit(
     )
 
 
-def check_ram_fit(estimate: RamEstimate, free_ram_bytes: int) -> FitResult:
+def check_ram_fit(estimate: MemoryEstimate, free_ram_bytes: int) -> FitResult:
     """Does one CPU instance fit the RAM a node has free (or the instance's memory limit, when the
     caller passes the smaller of the two)?"""
     need = estimate.total_bytes
@@ -488,6 +468,6 @@ def estimate_card(
     return estimate_memory(shape_of(card), _card_config(card, parameters, dtype))
 
 
-def estimate_card_ram(card: Card, parameters: Mapping[str, Any] | None = None) -> RamEstimate:
+def estimate_card_ram(card: Card, parameters: Mapping[str, Any] | None = None) -> MemoryEstimate:
     """RAM needs of serving `card` on CPU with the built-in engine (which computes in bfloat16)."""
     return estimate_ram(shape_of(card), _card_config(card, parameters, "bfloat16"))

@@ -65,8 +65,9 @@ class Client:
             else self.request("POST", path, **kw)
         )
 
-    def put_document(self, path: str, text: str) -> Any:
-        return self.request("PUT", path, content=text.encode(), headers={"content-type": "application/yaml"})
+    def send_document(self, method: str, path: str, text: str) -> Any:
+        """A service document as the user wrote it (YAML or JSON); the server parses and locates errors."""
+        return self.request(method, path, content=text.encode(), headers={"content-type": "application/yaml"})
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)

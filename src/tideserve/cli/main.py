@@ -321,9 +321,7 @@ def services_create(file: FileOpt, wait: bool = True, home: HomeOpt = None) -> N
     """Create a service from a document (fails if the name exists; see `apply`)."""
     client = Client(home)
     text = _read(file)
-    svc = client.request(
-        "POST", "/api/v1/services", content=text.encode(), headers={"content-type": "application/yaml"}
-    )
+    svc = client.send_document("POST", "/api/v1/services", text)
     typer.echo(f"service {svc['name']} created")
     if wait:
         _wait_running(client, svc["name"])
@@ -333,12 +331,7 @@ def services_create(file: FileOpt, wait: bool = True, home: HomeOpt = None) -> N
 def services_dry_run(file: FileOpt, output: OutOpt = Format.yaml, home: HomeOpt = None) -> None:
     """Validate a document and show the memory estimate against the nodes; deploys nothing."""
     text = _read(file)
-    out = Client(home).request(
-        "POST",
-        "/api/v1/services/dry-run",
-        content=text.encode(),
-        headers={"content-type": "application/yaml"},
-    )
+    out = Client(home).send_document("POST", "/api/v1/services/dry-run", text)
     emit(out["fit"], output)
 
 
@@ -363,7 +356,7 @@ def services_scale(name: str, replicas: int, home: HomeOpt = None) -> None:
     client = Client(home)
     doc = yaml.safe_load(client.get(f"/api/v1/services/{name}/yaml"))
     doc["spec"]["replicas"] = replicas
-    client.put_document(f"/api/v1/services/{name}", yaml.safe_dump(doc, sort_keys=False))
+    client.send_document("PUT", f"/api/v1/services/{name}", yaml.safe_dump(doc, sort_keys=False))
     typer.echo(f"service {name} scaled to {replicas}")
 
 
@@ -421,7 +414,7 @@ def apply(file: FileOpt, wait: bool = False, home: HomeOpt = None) -> None:
         # The server gives the precise error (line, column, field) for a malformed document.
         name = "-"
     client = Client(home)
-    out = client.put_document(f"/api/v1/services/{name}", text)
+    out = client.send_document("PUT", f"/api/v1/services/{name}", text)
     typer.echo(f"service {out['name']} {out['result']} (revision {out['revision']})")
     if wait:
         _wait_running(client, out["name"])

@@ -1,5 +1,6 @@
 """The OpenAI entry point, minimal: key check, `model` -> service -> a Running instance (fewest
-open requests), streamed through unchanged. Routing rules, limits and retries come with the gateway."""
+open requests; the next one if the connection fails before any byte is sent), streamed through
+unchanged. Routing rules, limits and balancing policies come with the gateway."""
 
 from __future__ import annotations
 

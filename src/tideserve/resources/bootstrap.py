@@ -56,8 +56,6 @@ def register_this_machine(s: Session, machine: MachineInfo) -> tuple[Node, bool]
         group = ResourceGroup(cluster=cluster, name=DEFAULT_GROUP, description="Created by the first start.")
         s.add_all([cluster, group])
         node.group = group
-        s.flush()
-        node.cluster_id = cluster.id
         log.info("first start: cluster %s, group %s, node %s", LOCAL_CLUSTER, DEFAULT_GROUP, node.name)
     return node, first
 

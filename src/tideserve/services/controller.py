@@ -64,6 +64,8 @@ class Controller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._http = httpx.Client(timeout=httpx.Timeout(1.0), trust_env=False)
+        # When a once-ready instance stopped answering /health; in memory, as a restart re-probes anyway.
+        self._unready_since: dict[str, datetime] = {}
 
     # --- loop -------------------------------------------------------------------------------
 
@@ -185,15 +187,15 @@ class Controller:
             self._observe_draining(s, inst, now)
         elif inst.state in (rollout.STARTING, rollout.RUNNING):
             ready = self._probe(inst)
-            if ready and inst.state == rollout.STARTING:
-                log.info("instance %s of %s is ready on port %d", inst.id, svc.name, inst.port)
-                inst.state, inst.ready_at, inst.failures, inst.last_error = rollout.RUNNING, now, 0, ""
-            elif not ready and inst.state == rollout.RUNNING:
-                inst.state = rollout.STARTING  # not ready: the gateway stops sending to it
-                inst.ready_at = now
-            elif not ready and now - max(inst.started_at or now, inst.ready_at or inst.started_at or now) > (
-                STARTUP_TIMEOUT
-            ):
+            if ready:
+                self._unready_since.pop(inst.id, None)
+                if inst.state == rollout.STARTING:
+                    log.info("instance %s of %s is ready on port %d", inst.id, svc.name, inst.port)
+                    inst.state, inst.ready_at, inst.failures, inst.last_error = rollout.RUNNING, now, 0, ""
+            elif inst.state == rollout.RUNNING:
+                inst.state, inst.ready_at = rollout.STARTING, None  # the gateway stops sending to it
+                self._unready_since[inst.id] = now
+            elif now - self._unready_since.get(inst.id, inst.started_at or now) > STARTUP_TIMEOUT:
                 self.platform.kill(_handle(inst))
                 self._failed(inst, now, f"not ready after {STARTUP_TIMEOUT.total_seconds():.0f} s")
 
@@ -233,6 +235,7 @@ class Controller:
             return False
 
     def _failed(self, inst: Instance, now: datetime, why: str) -> None:
+        self._unready_since.pop(inst.id, None)
         inst.failures += 1
         tail = log_tail(inst.log_path, lines=15)
         inst.last_error = f"{why}; last log lines:\n{tail}" if tail else why
@@ -241,6 +244,7 @@ class Controller:
         log.warning("instance %s failed (%d in a row): %s", inst.id, inst.failures, why)
 
     def _forget(self, s: Session, inst: Instance) -> None:
+        self._unready_since.pop(inst.id, None)
         inst.state = rollout.STOPPED
         s.delete(inst)
 

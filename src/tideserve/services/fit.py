@@ -91,7 +91,7 @@ def fit_report(s: Session, doc: dict[str, Any], nodes: list[Node]) -> FitReport:
     best: tuple[estimator.FitResult, Node] | None = None
     for node in nodes:
         if gpus:
-            est: estimator.MemoryEstimate | estimator.RamEstimate = estimator.estimate_memory(shape, config)
+            est = estimator.estimate_memory(shape, config)
             result = estimator.check_fit(
                 est, _free_gpus(s, node), gpus, float(params["gpuMemoryUtilization"])
             )

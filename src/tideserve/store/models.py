@@ -72,7 +72,7 @@ class ResourceGroup(Base):
 
 
 class Node(Base):
-    """A machine. `cluster_id` is set together with `group_id`: a node belongs to one cluster at a time."""
+    """A machine. It is in at most one resource group, hence in one cluster at a time."""
 
     __tablename__ = "nodes"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -83,7 +83,6 @@ class Node(Base):
     gpus: Mapped[list[Any]] = mapped_column(default=list)  # [{"index", "name", "memory_bytes", "uuid"}]
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="Ready")
-    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id"), default=None)
     group_id: Mapped[int | None] = mapped_column(ForeignKey("resource_groups.id"), default=None)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -100,14 +100,9 @@ def upgrade() -> None:
         sa.Column("gpus", sa.JSON(), nullable=False),
         sa.Column("labels", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("cluster_id", sa.Integer(), nullable=True),
         sa.Column("group_id", sa.Integer(), nullable=True),
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["cluster_id"],
-            ["clusters.id"],
-        ),
         sa.ForeignKeyConstraint(
             ["group_id"],
             ["resource_groups.id"],
