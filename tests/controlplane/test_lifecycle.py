@@ -115,10 +115,17 @@ def test_update_rolls_out_new_instance_before_the_old_drains(make_platform):
             new_running = any(rev == 2 and st == "Running" for _, rev, st in snapshot)
             assert old_running or new_running, snapshot
         # Scaling changes no revision and does not touch the running instance.
+        rolled = svc["instances"][0]["id"]
         r = c.put("/api/v1/services/roll", json=_service("roll", replicas=2, env={"GREETING": "hello"}))
         assert r.json()["result"] == "updated" and r.json()["revision"] == 2
-        svc = p.wait_service("roll")
-        assert (len(svc["instances"]) == 2 and svc["instances"][0]["id"] == first["id"]) or True
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            svc = c.get("/api/v1/services/roll").json()
+            if [i["state"] for i in svc["instances"]] == ["Running", "Running"]:
+                break
+            time.sleep(0.2)
+        assert len(svc["instances"]) == 2 and rolled in {i["id"] for i in svc["instances"]}
+        assert {i["revision"] for i in svc["instances"]} == {2}
         # A rolling restart replaces every instance, one at a time.
         before = {i["id"] for i in svc["instances"]}
         assert c.post("/api/v1/services/roll/restart").json()["revision"] == 3
