@@ -1,5 +1,6 @@
 """API keys: random secrets shown once, stored as sha256. `admin` scope manages the platform;
-`inference` scope may only call the OpenAI endpoints."""
+`inference` scope may only call the OpenAI endpoints. A key may also be limited to some services, expire,
+and carry a priority and rate limits; the gateway enforces those from the ApiKey columns."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tideserve.errors import ApiError
 from tideserve.store.models import ApiKey
 
 SCOPES = ("admin", "inference")
+PRIORITIES = ("high", "normal", "low")
 PREFIX = "ts-"
 
 
@@ -25,6 +27,15 @@ def new_secret() -> str:
 
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_allows(services: list[str] | None, service: str) -> bool:
+    """Whether a key whose `services` column holds `services` may call `service` (None: every service)."""
+    return services is None or service in services
+
+
+def expired(expires_at: datetime | None, now: datetime | None = None) -> bool:
+    return expires_at is not None and expires_at <= (now or datetime.now(UTC))
 
 
 def create_key(s: Session, name: str, scope: str, secret: str | None = None) -> str:
@@ -61,6 +72,13 @@ def authenticate(s: Session, authorization: str | None, need: str) -> ApiKey:
     key = s.scalar(select(ApiKey).where(ApiKey.sha256 == digest(token.strip())))
     if key is None or key.revoked_at is not None:
         raise ApiError(401, "invalid or revoked API key", "unauthorized")
+    if key.expires_at is not None and expired(key.expires_at):
+        raise ApiError(
+            401,
+            f"API key {key.name!r} expired at {key.expires_at.isoformat()}: create a new key or "
+            f"extend it with PATCH /api/v1/keys/{key.name}",
+            "key_expired",
+        )
     if need == "admin" and key.scope != "admin":
         raise ApiError(403, f"key {key.name!r} has scope {key.scope!r}; this call needs 'admin'", "forbidden")
     return key

@@ -159,3 +159,11 @@ class ApiKey(Base):
     scope: Mapped[str] = mapped_column(String(16))  # admin | inference
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Access and limits the gateway enforces. NULL means "no restriction", so keys made before these
+    # columns existed keep working as they did.
+    services: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    priority: Mapped[str] = mapped_column(String(16), default="normal", server_default="normal")
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, default=None)
