@@ -13,6 +13,7 @@ from tideserve.services.rollout import (
     Restart,
     Start,
     backoff,
+    desired_of,
     plan,
     service_status,
 )
@@ -106,11 +107,149 @@ CASES = [
 ]
 
 
+def canary(revision: int, replicas: int = 1, keep: int = 1, keep_replicas: int = 1, **kw) -> Desired:
+    return Desired(revision, replicas, keep_revision=keep, keep_replicas=keep_replicas, **kw)
+
+
+CANARY_CASES = [
+    (
+        "canary keeps the stable revision beside the current one",
+        canary(2),
+        [inst("a", 1, RUNNING), inst("b", 2, RUNNING)],
+        [],
+    ),
+    (
+        "canary added after a rollout drained the old revision brings it back",
+        canary(2),
+        [inst("b", 2, RUNNING)],
+        [Start(1)],
+    ),
+    (
+        "canary applied with the rollout: stable instances are not old, so none drains",
+        canary(2),
+        [inst("a", 1, RUNNING)],
+        [Start(2)],
+    ),
+    (
+        "stable instances take no surge room from the current revision",
+        canary(2, replicas=2, keep_replicas=2),
+        [inst("a", 1, RUNNING), inst("b", 1, RUNNING)],
+        [Start(2), Start(2)],
+    ),
+    (
+        "stable surplus drains not-ready first, then the newest",
+        canary(2),
+        [
+            inst("a", 1, RUNNING, age=0),
+            inst("b", 1, STARTING, age=1),
+            inst("c", 1, RUNNING, age=5),
+            inst("d", 2, RUNNING),
+        ],
+        [Drain("b"), Drain("c")],
+    ),
+    (
+        "more stable replicas start more stable instances",
+        canary(2, keep_replicas=2),
+        [inst("a", 1, RUNNING), inst("d", 2, RUNNING)],
+        [Start(1)],
+    ),
+    (
+        "failed stable instance restarts once its backoff passed",
+        canary(2),
+        [inst("a", 1, FAILED, failures=1, retry_in=-1), inst("d", 2, RUNNING)],
+        [Restart("a")],
+    ),
+    (
+        "failed stable instance waits for its backoff",
+        canary(2),
+        [inst("a", 1, FAILED, failures=1, retry_in=10), inst("d", 2, RUNNING)],
+        [],
+    ),
+    (
+        "a ready stable instance does not let an old one drain before the new one is ready",
+        canary(3),
+        [inst("a", 1, RUNNING), inst("b", 2, RUNNING), inst("c", 3, STARTING)],
+        [],
+    ),
+    (
+        "rolling on with a canary drains the previous current revision, not the stable one",
+        canary(3),
+        [inst("a", 1, RUNNING), inst("b", 2, RUNNING), inst("c", 3, RUNNING)],
+        [Drain("b")],
+    ),
+    (
+        "canary removed: the stable instance drains once the current one is ready",
+        Desired(2, 1),
+        [inst("a", 1, RUNNING), inst("b", 2, RUNNING)],
+        [Drain("a")],
+    ),
+    (
+        "canary removed: the stable instance stays while the current one is not ready",
+        Desired(2, 1),
+        [inst("a", 1, RUNNING), inst("b", 2, STARTING)],
+        [],
+    ),
+    (
+        "delete with a canary drains both sets",
+        canary(2, deleting=True),
+        [inst("a", 1, RUNNING), inst("b", 2, RUNNING)],
+        [Drain("a"), Drain("b")],
+    ),
+    (
+        "a stable revision equal to the current one adds nothing",
+        canary(2, keep=2),
+        [inst("b", 2, RUNNING)],
+        [],
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("desired", "observed", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    ("desired", "observed", "expected"),
+    [c[1:] for c in CASES + CANARY_CASES],
+    ids=[c[0] for c in CASES + CANARY_CASES],
 )
 def test_plan(desired, observed, expected):
     assert plan(desired, observed, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("desired", "observed", "status"),
+    [
+        (canary(2), [inst("a", 1, RUNNING), inst("b", 2, RUNNING)], "Running"),
+        (canary(2), [inst("a", 1, STARTING), inst("b", 2, RUNNING)], "Pending"),
+        (canary(2), [inst("b", 2, RUNNING)], "Pending"),
+        (canary(2), [inst("a", 1, RUNNING), inst("b", 2, STARTING)], "Pending"),
+        (canary(2), [inst("a", 1, RUNNING), inst("a2", 1, DRAINING), inst("b", 2, RUNNING)], "Running"),
+        (canary(3), [inst("a", 1, RUNNING), inst("b", 2, RUNNING), inst("c", 3, RUNNING)], "Updating"),
+        (Desired(2, 1), [inst("a", 1, RUNNING), inst("b", 2, RUNNING)], "Updating"),
+        (canary(2), [inst("a", 1, FAILED, failures=3), inst("b", 2, RUNNING)], "Abnormal"),
+    ],
+)
+def test_service_status_with_canary(desired, observed, status):
+    assert service_status(desired, observed) == status
+
+
+@pytest.mark.parametrize(
+    ("body", "deleting", "desired"),
+    [
+        ({"replicas": 2}, False, Desired(3, 2)),
+        ({}, True, Desired(3, 1, deleting=True)),
+        ({"replicas": 1, "routing": {"policy": "round_robin"}}, False, Desired(3, 1)),
+        (
+            {"replicas": 1, "routing": {"canary": {"stableRevision": 1, "weight": 50}}},
+            False,
+            Desired(3, 1, keep_revision=1, keep_replicas=1),
+        ),
+        (
+            {"replicas": 2, "routing": {"canary": {"stableRevision": 2, "stableReplicas": 3, "weight": 10}}},
+            False,
+            Desired(3, 2, keep_revision=2, keep_replicas=3),
+        ),
+    ],
+)
+def test_desired_of_reads_replicas_and_the_canary(body, deleting, desired):
+    assert desired_of(3, body, deleting) == desired
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,17 @@ spec:
     maxBatchSize: 64
     gpuMemoryUtilization: 0.85
     maxNumBatchedTokens: 4096
+  routing:
+    policy: prefix_aware
+    canary:
+      stableRevision: 1
+      stableReplicas: 2
+      weight: 10
+    rateLimit: {}
+    queue:
+      maxSize: 256
+      timeoutSeconds: 30.0
+    requestTimeoutSeconds: 600.0
 """
 
 
@@ -514,7 +525,7 @@ def test_document_is_full_and_ordered():
     assert list(doc["metadata"]) == ["name", "description"]
     assert list(doc["spec"]) == [
         "model", "cluster", "resourceGroup", "engine", "replicas", "resources",
-        "deployment", "access", "env", "parameters",
+        "deployment", "access", "env", "parameters", "routing",
     ]  # fmt: skip
     assert doc["spec"]["resources"] == {"cpu": 1, "memory": "2Gi", "gpus": 0}
     assert doc["spec"]["engine"] == {"name": "builtin", "version": ""}

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -29,7 +30,7 @@ from tideserve.services.fit import instance_resources
 from tideserve.services.modelref import ModelUnavailable, resolve_model_ref
 from tideserve.services.spec import parse_quantity
 from tideserve.store.db import Store
-from tideserve.store.models import Instance, Node, ResourceGroup, Service
+from tideserve.store.models import Instance, Node, ResourceGroup, Revision, Service
 
 log = logging.getLogger("tideserve.controller")
 
@@ -142,8 +143,7 @@ class Controller:
         for inst in instances:
             self._observe(s, svc, inst, now)
         instances = [i for i in instances if i.state != rollout.STOPPED]
-        spec = svc.spec["spec"]
-        desired = rollout.Desired(svc.revision, int(spec.get("replicas", 1)), deleting=svc.deleting)
+        desired = rollout.desired_of(svc.revision, svc.spec["spec"], deleting=svc.deleting)
         observed = [
             rollout.Observed(i.id, i.revision, i.state, i.failures, i.retry_at, i.created_at)
             for i in instances
@@ -152,7 +152,7 @@ class Controller:
         for action in rollout.plan(desired, observed, now):
             by_id = {i.id: i for i in instances}
             if isinstance(action, rollout.Start):
-                started = self._start(s, svc, now)
+                started = self._start(s, svc, action.revision, now)
                 if isinstance(started, str):
                     message = started
                     break  # the next pass retries; nothing fits now
@@ -250,8 +250,21 @@ class Controller:
 
     # --- actions ----------------------------------------------------------------------------
 
-    def _start(self, s: Session, svc: Service, now: datetime) -> Instance | str:
-        spec = svc.spec["spec"]
+    def _revision_body(self, s: Session, svc: Service, revision: int) -> dict[str, Any] | None:
+        """The `spec` body an instance of `revision` is made from. A canary's stable instances run an
+        earlier revision, so its document comes from the Revision table; the current one is svc.spec
+        (an in-place edit changes only fields outside the revision hash, none of which shape an instance)."""
+        if revision == svc.revision:
+            return svc.spec["spec"]
+        doc = s.scalar(
+            select(Revision.spec).where(Revision.service_id == svc.id, Revision.number == revision)
+        )
+        return doc["spec"] if doc else None
+
+    def _start(self, s: Session, svc: Service, revision: int, now: datetime) -> Instance | str:
+        spec = self._revision_body(s, svc, revision)
+        if spec is None:
+            return f"revision {revision} of service {svc.name} does not exist"
         group = s.scalar(
             select(ResourceGroup)
             .join(ResourceGroup.cluster)
@@ -270,7 +283,7 @@ class Controller:
         inst = Instance(
             id=uuid.uuid4().hex[:12],
             service_id=svc.id,
-            revision=svc.revision,
+            revision=revision,
             node_id=node.id,
             address=node.address,
             gpu_indices=list(choice.gpu_indices),
@@ -281,7 +294,11 @@ class Controller:
         return inst
 
     def _launch(self, s: Session, svc: Service, inst: Instance, now: datetime, restart: bool) -> None:
-        spec = svc.spec["spec"]
+        spec = self._revision_body(s, svc, inst.revision)
+        if spec is None:
+            inst.pid = 0
+            self._failed(inst, now, f"revision {inst.revision} of service {svc.name} does not exist")
+            return
         taken = set(s.scalars(select(Instance.port).where(Instance.id != inst.id)))
         inst.port = free_port(taken, base=int(spec.get("access", {}).get("targetPort", 60000)))
         inst.log_path = str(self.home / "logs" / svc.name / f"{inst.id}.log")

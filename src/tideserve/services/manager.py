@@ -110,6 +110,53 @@ def _check_fit(p: Prepared) -> None:
         raise invalid(p.fit.message, [{"loc": "spec.resources", "msg": p.fit.message}])
 
 
+STABLE_REVISION = "spec.routing.canary.stableRevision"
+
+
+def canary_problem(name: str, stable: int, existing: set[int], current: int, rolls: bool) -> str | None:
+    """Why a canary's stableRevision cannot be kept beside `current`, the revision this apply leaves
+    serving (`rolls`: the apply creates it), given the service's `existing` revision numbers (none:
+    the apply creates the service)."""
+    if not existing:
+        return (
+            f"service {name!r} has no revision {stable} yet: create the service first, "
+            "then apply the new spec with a canary"
+        )
+    if stable == current:
+        if rolls:
+            return (
+                f"revision {stable} is the one this apply creates, so it cannot also be the stable "
+                f"revision: set stableRevision to an earlier revision ({_choices(existing)})"
+            )
+        return (
+            f"revision {stable} is already the current revision of service {name!r} and this apply "
+            "changes nothing that rolls a new one, so there is nothing to compare it with: change the "
+            "spec itself (not only routing) to roll a new revision, set stableRevision to an earlier "
+            f"revision ({_choices(existing - {current})}), or remove the canary block"
+        )
+    if stable not in existing:
+        return (
+            f"service {name!r} has no revision {stable}: set stableRevision to one of its earlier revisions "
+            f"({_choices(existing - {current})})"
+        )
+    return None
+
+
+def _choices(revisions: set[int]) -> str:
+    if not revisions:
+        return "it has no other revision yet"
+    return "it has revision" + ("s " if len(revisions) > 1 else " ") + ", ".join(map(str, sorted(revisions)))
+
+
+def _check_canary(p: Prepared, name: str, existing: set[int], current: int, rolls: bool) -> None:
+    canary = p.document["spec"].get("routing", {}).get("canary")
+    if canary is None:
+        return
+    msg = canary_problem(name, int(canary["stableRevision"]), existing, current, rolls)
+    if msg is not None:
+        raise invalid(f"{STABLE_REVISION}: {msg}", [{"loc": STABLE_REVISION, "msg": msg}])
+
+
 def _get(s: Session, name: str) -> Service:
     svc = s.scalar(select(Service).where(Service.name == name))
     if svc is None:
@@ -122,6 +169,7 @@ def create(s: Session, body: Any) -> Service:
     name = p.document["metadata"]["name"]
     if s.scalar(select(Service).where(Service.name == name)) is not None:
         raise conflict(f"service {name!r} already exists: pick another name, or update it with PUT / apply")
+    _check_canary(p, name, existing=set(), current=1, rolls=True)
     _check_fit(p)
     svc = Service(name=name, spec=p.document, revision=1, status="Pending")
     s.add(svc)
@@ -143,10 +191,14 @@ def update(s: Session, name: str, body: Any, *, restart: bool = False) -> tuple[
     if errors := specs.immutable_errors(specs.parse_service_document(svc.spec), wanted):
         raise invalid(errors[0]["msg"], [dict(e) for e in errors])
     p = prepare(s, body, name=name)
-    _check_fit(p)
     current = s.scalar(select(Revision).where(Revision.service_id == svc.id, Revision.number == svc.revision))
     new_hash = specs.revision_hash(p.spec)
-    if current is not None and current.hash == new_hash and not restart:
+    rolls = current is None or current.hash != new_hash or restart
+    existing = set(s.scalars(select(Revision.number).where(Revision.service_id == svc.id)))
+    _check_canary(p, name, existing, svc.revision + 1 if rolls else svc.revision, rolls)
+    # Per instance, so a canary's stable instances (already running or brought back) need no extra check.
+    _check_fit(p)
+    if not rolls:
         if p.document == svc.spec:
             return svc, "unchanged"
         svc.spec, svc.updated_at = p.document, datetime.now(UTC)

@@ -340,6 +340,53 @@ class Parameters(_Model):
         return self
 
 
+class Canary(_Model):
+    """Keep an earlier revision serving beside the current one and split traffic by weight: the
+    current revision gets `weight` percent, `stableRevision` the rest. Remove the block to promote
+    the current revision; apply the stable revision's spec again to roll back."""
+
+    stable_revision: int = Field(ge=1)
+    stable_replicas: int = Field(1, ge=1, le=64)
+    weight: int = Field(ge=0, le=100)
+
+
+class PromptLengthPools(_Model):
+    """Long prompts go to their own instances so they never hold up short ones (head-of-line blocking
+    in a shared batch): prompts of at least `thresholdTokens` go to `longReplicas` instances, the rest
+    to the others. A pool with no instance able to take a request falls back to the other pool."""
+
+    threshold_tokens: int = Field(ge=1)
+    long_replicas: int = Field(1, ge=1)
+
+
+class RateLimit(_Model):
+    """Per service, shared by every key; a key's own limits apply as well."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+
+
+class Queue(_Model):
+    """Requests no instance can take yet (none ready, all saturated or failing) wait here, high
+    priority first, then 503 with Retry-After."""
+
+    max_size: int = Field(256, ge=0)
+    timeout_seconds: float = Field(30.0, ge=0, le=3600)
+
+
+class Routing(_Model):
+    policy: Literal["round_robin", "least_requests", "least_kv", "prefix_aware", "session"] = "prefix_aware"
+    canary: Canary | None = None
+    prompt_length: PromptLengthPools | None = None
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+    queue: Queue = Field(default_factory=Queue)
+    # Requests one instance holds at once, from this gateway; the rest queue here by priority. Unset:
+    # twice maxBatchSize (a running batch plus one waiting in the engine).
+    max_inflight_per_instance: int | None = Field(None, ge=1)
+    request_timeout_seconds: float = Field(600.0, gt=0, le=86400)
+
+
 class SpecBody(_Model):
     model: str = Field(min_length=1)
     cluster: str = Field("local", min_length=1)
@@ -351,6 +398,7 @@ class SpecBody(_Model):
     access: Access = Field(default_factory=Access)
     env: Env = Field(default_factory=dict)
     parameters: Parameters = Field(default_factory=Parameters)
+    routing: Routing = Field(default_factory=Routing)
 
     @model_validator(mode="after")
     def _shards_match_gpus(self) -> SpecBody:
@@ -380,6 +428,15 @@ class SpecBody(_Model):
                     f"a multiNode instance splits its GPUs evenly over its {nodes} nodes but "
                     f"resources.gpus={gpus}: set gpus to a multiple of nodesPerInstance "
                     f"({nodes}, {2 * nodes}, ...)",
+                )
+            )
+        pools = self.routing.prompt_length
+        if pools is not None and self.replicas > 0 and pools.long_replicas >= self.replicas:
+            problems.append(
+                (
+                    "routing.promptLength.longReplicas",
+                    f"longReplicas={pools.long_replicas} leaves no instance of {self.replicas} for short "
+                    f"prompts: set it below replicas, or raise replicas to ≥ {pools.long_replicas + 1}",
                 )
             )
         if problems:
