@@ -1,5 +1,5 @@
 """Assemble the platform for `tideserve up`: store (migrated), first-start bootstrap, reconciler,
-OpenAI pass-through and the API app."""
+gateway and the API app."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from fastapi import FastAPI
 from tideserve.api.app import create_app
 from tideserve.api.auth import ensure_admin_key
 from tideserve.api.deps import Context
-from tideserve.gateway.passthrough import Passthrough
+from tideserve.gateway.endpoints import EndpointTable
+from tideserve.gateway.keys import KeyCache
+from tideserve.gateway.proxy import Gateway
+from tideserve.gateway.ratelimit import limiter_for
 from tideserve.home import client_url
 from tideserve.resources import bootstrap
 from tideserve.resources.discovery import discover
@@ -31,7 +34,7 @@ class Summary:
     default_service: str | None
 
 
-def build(home: Path, deploy_default: bool = True) -> tuple[FastAPI, Summary]:
+def build(home: Path, deploy_default: bool = True, redis_url: str | None = None) -> tuple[FastAPI, Summary]:
     store = Store(database_url(home))
     migrate(store.engine)
     machine = discover()
@@ -47,9 +50,9 @@ def build(home: Path, deploy_default: bool = True) -> tuple[FastAPI, Summary]:
         with store.session() as s:
             if bootstrap.has_service(s, bootstrap.DEFAULT_SERVICE):
                 default = bootstrap.DEFAULT_SERVICE
-    passthrough = Passthrough(store)
-    controller = Controller(store, home, inflight=passthrough.open_requests)
-    app = create_app(Context(store, home, controller), passthrough)
+    gateway = Gateway(EndpointTable(store), KeyCache(store), limiter_for(redis_url))
+    controller = Controller(store, home, inflight=gateway.open_requests)
+    app = create_app(Context(store, home, controller), gateway)
     url = (
         store.url if store.url.startswith("sqlite") else store.engine.url.render_as_string(hide_password=True)
     )

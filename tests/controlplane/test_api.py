@@ -94,7 +94,10 @@ def test_every_call_needs_a_key(shared_platform, c):
     with shared_platform.client(made["key"]) as app:
         r = app.get("/api/v1/clusters")
         assert r.status_code == 403 and "admin" in r.json()["error"]["message"]
-        r = app.post("/v1/chat/completions", json={"model": "no-such-service", "messages": []})
+        r = app.post(
+            "/v1/chat/completions",
+            json={"model": "no-such-service", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     admin = c.post("/api/v1/keys", json={"name": "ops", "scope": "admin"}).json()
     with shared_platform.client(admin["key"]) as ops:

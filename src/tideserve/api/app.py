@@ -1,4 +1,5 @@
-"""One ASGI app on one port: `/api/v1/*` control plane, `/v1/*` OpenAI entry, `/health`."""
+"""One ASGI app on one port: `/api/v1/*` control plane, `/v1/*` OpenAI entry (the gateway),
+`/metrics` (the gateway's), `/health`."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from tideserve import __version__
 from tideserve.api import keys, models, resources, services
 from tideserve.api.deps import Context
 from tideserve.errors import ApiError
-from tideserve.gateway.passthrough import Passthrough, openai_error
+from tideserve.gateway.openai_api import error_body
+from tideserve.gateway.proxy import GATEWAY_PATHS, Gateway
 
 
 def _error(status: int, message: str, code: str, details: list[dict[str, str]] | None = None) -> JSONResponse:
@@ -28,13 +31,13 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(ctx: Context, passthrough: Passthrough) -> FastAPI:
+def create_app(ctx: Context, gateway: Gateway) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.controller.start()
-        await passthrough.start()
+        await gateway.start()
         yield
-        await passthrough.close()
+        await gateway.close()
         ctx.controller.shutdown()
 
     app = FastAPI(
@@ -47,12 +50,12 @@ def create_app(ctx: Context, passthrough: Passthrough) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    app.state.passthrough = passthrough
+    app.state.gateway = gateway
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> JSONResponse:
         if request.url.path.startswith("/v1/"):
-            return openai_error(e.status, e.message, e.code)
+            return Response(error_body(e.status, e.message, e.code), e.status, media_type="application/json")
         return _error(e.status, e.message, e.code, e.details)
 
     @app.exception_handler(RequestValidationError)
@@ -69,9 +72,8 @@ def create_app(ctx: Context, passthrough: Passthrough) -> FastAPI:
     app.include_router(models.router)
     app.include_router(services.router)
     app.include_router(keys.router)
-    app.add_api_route("/v1/chat/completions", passthrough.forward, methods=["POST"], include_in_schema=False)
-    app.add_api_route("/v1/completions", passthrough.forward, methods=["POST"], include_in_schema=False)
-    app.add_api_route("/v1/models", passthrough.models, methods=["GET"], include_in_schema=False)
+    # The gateway is a raw ASGI app: its routes take every method and answer 405 themselves.
+    app.router.routes.extend(Route(path, gateway) for path in GATEWAY_PATHS)
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

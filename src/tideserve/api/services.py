@@ -163,7 +163,7 @@ def delete_service(ctx: Ctx, name: str, request: Request) -> dict[str, Any]:
     with ctx.store.session() as s:
         svc = manager.delete(s, name)
         view = service_view(s, svc)
-    request.app.state.passthrough.table.forget(name)
+    request.app.state.gateway.table.forget(name)
     ctx.controller.wake()
     return view
 

@@ -12,6 +12,7 @@ import yaml
 from rich.console import Console
 
 from tideserve.cli.client import Client, fail
+from tideserve.cli.gateway import gateway
 from tideserve.cli.output import Format, emit, gib
 from tideserve.cli.up import down, up
 
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 app.command()(up)
 app.command()(down)
+app.command()(gateway)
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="state directory (default: $TIDESERVE_HOME)")]
 OutOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml")]
@@ -423,20 +425,116 @@ def apply(file: FileOpt, wait: bool = False, home: HomeOpt = None) -> None:
 keys = _group("keys", "API keys.")
 
 
+def _key_limits(k: dict[str, Any]) -> str:
+    parts = [
+        f"{v}{unit}"
+        for v, unit in (
+            (k["requestsPerMinute"], "rpm"),
+            (k["tokensPerMinute"], "tpm"),
+            (k["maxConcurrent"], "conc"),
+        )
+        if v is not None
+    ]
+    return " ".join(parts) or "-"
+
+
+KEY_COLUMNS = [
+    ("name", lambda k: k["name"]),
+    ("scope", lambda k: k["scope"]),
+    ("prefix", lambda k: k["prefix"]),
+    ("state", lambda k: "revoked" if k["revoked"] else "expired" if k["expired"] else "active"),
+    ("services", lambda k: "*" if k["services"] is None else ",".join(k["services"])),
+    ("priority", lambda k: k["priority"]),
+    ("limits", _key_limits),
+    ("expires", lambda k: (k["expiresAt"] or "never")[:19]),
+    ("created", lambda k: k["createdAt"][:19]),
+]
+ServiceOpt = Annotated[
+    list[str] | None, typer.Option("--service", help="a service the key may call (repeat); default: all")
+]
+ExpiresInOpt = Annotated[str | None, typer.Option(help="lifetime from now: 30d, 12h, 90m, 3600s")]
+PriorityOpt = Annotated[str | None, typer.Option(help="high, normal or low")]
+RpmOpt = Annotated[int | None, typer.Option("--rpm", help="requests per minute")]
+TpmOpt = Annotated[int | None, typer.Option("--tpm", help="tokens per minute")]
+ConcurrentOpt = Annotated[int | None, typer.Option(help="requests in flight at once")]
+
+
+def _key_access(
+    service: list[str] | None,
+    expires_in: str | None,
+    priority: str | None,
+    rpm: int | None,
+    tpm: int | None,
+    max_concurrent: int | None,
+) -> dict[str, Any]:
+    """The options given, as the API's fields; options left out are not sent, so they do not change."""
+    fields = {
+        "services": service or None,
+        "expiresIn": expires_in,
+        "priority": priority,
+        "requestsPerMinute": rpm,
+        "tokensPerMinute": tpm,
+        "maxConcurrent": max_concurrent,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 @keys.command("create")
 def keys_create(
     name: str,
     scope: Annotated[str, typer.Option(help="inference (OpenAI endpoints only) or admin")] = "inference",
+    service: ServiceOpt = None,
+    expires_in: ExpiresInOpt = None,
+    priority: PriorityOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_concurrent: ConcurrentOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Create a key; the secret is printed once."""
-    out = Client(home).post("/api/v1/keys", {"name": name, "scope": scope})
+    access = _key_access(service, expires_in, priority, rpm, tpm, max_concurrent)
+    out = Client(home).post("/api/v1/keys", {"name": name, "scope": scope, **access})
     typer.echo(out["key"])
+
+
+@keys.command("update")
+def keys_update(
+    name: str,
+    service: ServiceOpt = None,
+    all_services: Annotated[bool, typer.Option(help="let the key call every service")] = False,
+    expires_in: ExpiresInOpt = None,
+    no_expiry: Annotated[bool, typer.Option(help="the key never expires")] = False,
+    priority: PriorityOpt = None,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    max_concurrent: ConcurrentOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Change a key's services, expiry, priority or limits; options left out stay as they are."""
+    if service and all_services:
+        fail("--service and --all-services contradict each other: give one")
+    if expires_in and no_expiry:
+        fail("--expires-in and --no-expiry contradict each other: give one")
+    body: dict[str, Any] = _key_access(service, expires_in, priority, rpm, tpm, max_concurrent)
+    if all_services:
+        body["services"] = None
+    if no_expiry:
+        body["expiresAt"] = None
+    if not body:
+        fail("nothing to change: give at least one option (see --help)")
+    Client(home).request("PATCH", f"/api/v1/keys/{name}", json=body)
+    typer.echo(f"key {name} updated")
+
+
+@keys.command("get")
+def keys_get(name: str, output: OutOpt = Format.yaml, home: HomeOpt = None) -> None:
+    """A key's scope, services, expiry, priority and limits (never its secret)."""
+    emit(Client(home).get(f"/api/v1/keys/{name}"), output)
 
 
 @keys.command("list")
 def keys_list(output: OutOpt = Format.table, home: HomeOpt = None) -> None:
-    emit(Client(home).get("/api/v1/keys"), output)
+    emit(Client(home).get("/api/v1/keys"), output, KEY_COLUMNS)
 
 
 @keys.command("revoke")

@@ -22,11 +22,18 @@ def up(
     home: Annotated[Path | None, typer.Option(help="state directory (default: $TIDESERVE_HOME)")] = None,
     no_default: Annotated[bool, typer.Option("--no-default", help="do not deploy the bundled model")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIDESERVE_REDIS_URL", help="share rate limits with `tideserve gateway` replicas"
+        ),
+    ] = None,
 ) -> None:
     """Run the control plane in the foreground; Ctrl-C stops it and every instance it started."""
     import uvicorn
 
     from tideserve.controlplane import build, print_banner
+    from tideserve.gateway.telemetry import configure_access_log
 
     home = (home or default_home()).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -45,9 +52,10 @@ def up(
             typer.echo(f"cannot listen on {host}:{port}: {e.strerror}: free it or pass --port", err=True)
             raise typer.Exit(1) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_access_log(True)
     for chatty in ("httpx", "alembic"):  # a line per health probe / migration step drowns the log
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    app, summary = build(home, deploy_default=not no_default)
+    app, summary = build(home, deploy_default=not no_default, redis_url=redis_url)
     write_running(home, host, port)
     try:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

@@ -35,6 +35,8 @@ KV_WEIGHT = 4.0
 # pile requests onto one endpoint.
 LOAD_WEIGHT = 0.5
 LOAD_EPSILON = 0.25
+# Well below any real score difference (one cached block of a long prompt is ~1e-3).
+TIE_WEIGHT = 1e-6
 BLOCK_CHARS = 64
 INDEX_CAPACITY = 50_000
 
@@ -131,6 +133,10 @@ class PrefixIndex:
             blocks.move_to_end(h)
         while len(blocks) > self.capacity:
             blocks.popitem(last=False)
+
+    def size(self, endpoint_id: str) -> int:
+        blocks = self._blocks.get(endpoint_id)
+        return len(blocks) if blocks else 0
 
     def forget(self, endpoint_id: str) -> None:
         """The endpoint is gone; a new one with the same id starts with an empty cache."""
@@ -290,8 +296,15 @@ def prefix_aware(
     hashes = block_hashes(request.prompt_text)
     loads = [load_of(ep, now, state.stale_after) / ep.weight for ep in candidates]
     max_load = max(loads)
+    # Between equal scores (a prefix cached nowhere, equal loads) the endpoint caching the least
+    # wins, so distinct prefixes spread over the caches instead of crowding one.
+    crowding = TIE_WEIGHT / (1 + sum(state.index.size(ep.id) for ep in candidates))
     scored = [
-        (ep, prefix_score(state.index.matched_blocks(ep.id, hashes), len(hashes), load, max_load))
+        (
+            ep,
+            prefix_score(state.index.matched_blocks(ep.id, hashes), len(hashes), load, max_load)
+            - crowding * state.index.size(ep.id),
+        )
         for ep, load in zip(candidates, loads, strict=True)
     ]
     return select_best(scored, rng)

@@ -421,3 +421,10 @@ class RedisLimiter:
 
 def _or_unlimited(value: int | None) -> int:
     return -1 if value is None else value
+
+
+def limiter_for(redis_url: str | None) -> Limiter:
+    """Redis when a URL is given (replicas share limits), else this process's own buckets."""
+    if not redis_url:
+        return LocalLimiter()
+    return RedisLimiter(Redis.from_url(redis_url))
