@@ -5,6 +5,7 @@ naming a revision the service does not have is rejected without touching the sto
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import psutil
@@ -53,6 +54,16 @@ def test_canary_keeps_the_stable_revision_until_removed(make_platform):
         svc = _wait_revisions(p, "cny", [1, 2])
         by_rev = {i["revision"]: i for i in svc["instances"]}
         assert by_rev[1]["id"] == first["id"] and by_rev[1]["restarts"] == 0
+        # The gateway splits traffic 50/50 between the revisions; X-Model-Version pins one.
+        time.sleep(1.0)  # one refresh of the gateway's endpoint table
+        body = {"model": "cny", "prompt": "Hi", "max_tokens": 1}
+        served = Counter(
+            c.post("/v1/completions", json=body).headers["x-tideserve-revision"] for _ in range(40)
+        )
+        assert served["1"] >= 8 and served["2"] >= 8, served  # P(fewer than 8 of 40) < 1e-5
+        pinned = {c.post("/v1/completions", json=body, headers={"X-Model-Version": "v1"}).headers[
+            "x-tideserve-revision"] for _ in range(5)}  # fmt: skip
+        assert pinned == {"1"}
         # A second stable instance is a routing-only edit, launched from revision 1's spec (no GREETING).
         r = c.put("/api/v1/services/cny", json=_canary("cny", 1, stable_replicas=2, env={"GREETING": "hi"}))
         assert (r.json()["result"], r.json()["revision"]) == ("updated", 2)

@@ -501,9 +501,11 @@ def keys_create(
 def keys_update(
     name: str,
     service: ServiceOpt = None,
-    all_services: Annotated[bool, typer.Option(help="let the key call every service")] = False,
+    all_services: Annotated[
+        bool, typer.Option("--all-services", help="let the key call every service")
+    ] = False,
     expires_in: ExpiresInOpt = None,
-    no_expiry: Annotated[bool, typer.Option(help="the key never expires")] = False,
+    no_expiry: Annotated[bool, typer.Option("--no-expiry", help="the key never expires")] = False,
     priority: PriorityOpt = None,
     rpm: RpmOpt = None,
     tpm: TpmOpt = None,
