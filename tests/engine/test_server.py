@@ -355,3 +355,5 @@ def test_metrics_read_into_the_platform_vocabulary(engine) -> None:
     assert load.running == 0 and load.waiting == 0
     assert 0 <= load.kv_usage <= 1
     assert load.prefix_queries > 0 and 0 <= load.prefix_hits <= load.prefix_queries
+    # The KV cache's size, published as vLLM does (an info gauge): block count x block size.
+    assert load.cache_tokens > 0 and load.cache_tokens % 16 == 0

@@ -17,6 +17,7 @@ from tideserve.gateway.balancing import (
     block_hashes,
     bounded_load_filter,
     eligible,
+    index_capacity,
     kv_watermark_filter,
     least_kv,
     least_requests,
@@ -108,7 +109,8 @@ def test_kv_watermark_filter(endpoints: list[EndpointState], expected: list[str]
     ],
 )
 def test_bounded_load_filter(endpoints: list[EndpointState], expected: list[str]) -> None:
-    assert ids(bounded_load_filter(endpoints, NOW)) == expected
+    # ε = 0.25 here, as the comments compute; the default is looser (LOAD_EPSILON).
+    assert ids(bounded_load_filter(endpoints, NOW, epsilon=0.25)) == expected
 
 
 def test_stale_metrics_count_as_saturated() -> None:
@@ -269,7 +271,7 @@ def test_least_kv(endpoints: list[EndpointState], expected: set[str]) -> None:
     assert_choices(least_kv, endpoints, NO_PROMPT, expected)
 
 
-SYSTEM = "You are a careful assistant. " * 40  # 1,160 characters: 18 full blocks
+SYSTEM = "You are a careful assistant. " * 300  # 8,700 characters: 135 full blocks, a full affinity gain
 
 
 @pytest.mark.parametrize(
@@ -277,6 +279,8 @@ SYSTEM = "You are a careful assistant. " * 40  # 1,160 characters: 18 full block
     [
         # cached prefix wins over a lighter load while within the bound, ceil(1.25 * 5/3) = 3
         ([ep("a", inflight=2), ep("b"), ep("c", inflight=2)], {"a": SYSTEM}, {"a"}),
+        # a short cached prefix (10 blocks) saves less than the busier endpoint costs
+        ([ep("a", inflight=2), ep("b")], {"a": SYSTEM[:640]}, {"b"}),
         # the longest match wins
         ([ep("a"), ep("b")], {"a": SYSTEM[:640], "b": SYSTEM}, {"b"}),
         # equal matches: the lighter load wins
@@ -290,7 +294,7 @@ SYSTEM = "You are a careful assistant. " * 40  # 1,160 characters: 18 full block
     ],
 )
 def test_prefix_aware(endpoints: list[EndpointState], recorded: dict[str, str], expected: set[str]) -> None:
-    state = PolicyState()
+    state = PolicyState(epsilon=0.25)
     for endpoint_id, prompt in recorded.items():
         state.index.record(endpoint_id, prompt)
     assert_choices(prefix_aware, endpoints, RequestInfo(SYSTEM + "user: hi", None), expected, state)
@@ -321,12 +325,12 @@ def assert_choices(
 def test_prefix_aware_keeps_a_shared_system_prompt_on_one_endpoint_under_the_bound() -> None:
     rng = random.Random(1)
     system = {"role": "system", "content": text(rng, 3000)}
-    state = PolicyState()
+    state = PolicyState(epsilon=0.25)
     inflight = dict.fromkeys(["e0", "e1", "e2", "e3"], 20)  # background load: the bound is not tight at once
     chosen: list[str] = []
     while True:
         endpoints = [ep(e, inflight=n) for e, n in inflight.items()]
-        home_fits = not chosen or chosen[0] in ids(bounded_load_filter(endpoints, NOW))
+        home_fits = not chosen or chosen[0] in ids(bounded_load_filter(endpoints, NOW, epsilon=0.25))
         prompt = prompt_text_of({"messages": [system, {"role": "user", "content": text(rng, 200)}]})
         target = prefix_aware(endpoints, RequestInfo(prompt, None), state, rng, NOW)
         assert target is not None
@@ -403,3 +407,36 @@ def test_session_affinity_is_stable_and_moves_only_a_removed_endpoints_sessions(
     moved = {k for k in keys if after[k] != before[k]}
     assert moved == {k for k in keys if before[k] == removed}
     assert removed not in after.values()
+
+
+@pytest.mark.parametrize(
+    ("cache_tokens", "expected"),
+    [(0, None), (-1, None), (1, 1), (6400, 400), (32768, 2048)],  # 4 characters a token, 64 a block
+)
+def test_index_capacity(cache_tokens: float, expected: int | None) -> None:
+    assert index_capacity(cache_tokens) == expected
+
+
+def test_index_bounded_by_the_engines_cache_keeps_the_head() -> None:
+    index = PrefixIndex()
+    index.record("a", SYSTEM, capacity=10)
+    hashes = block_hashes(SYSTEM)
+    assert len(hashes) > 10 and index.matched_blocks("a", hashes) == 10
+
+
+def test_prefix_aware_sheds_a_busy_endpoints_newest_conversations_first() -> None:
+    """Once an endpoint gets well over its share of recent traffic, a request that would reuse only a
+    short prefix there goes elsewhere, while one with a long cached history stays."""
+    state = PolicyState()
+    for _ in range(40):
+        state.note("a", NOW)
+    for other in ("b", "c", "d"):
+        for _ in range(10):
+            state.note(other, NOW)
+    state.index.record("a", SYSTEM)  # a long history: 135 blocks
+    short = "Short system prompt. " * 40  # 13 blocks
+    state.index.record("a", short)
+    endpoints = [ep(e) for e in "abcd"]
+    assert prefix_aware(endpoints, RequestInfo(SYSTEM + "more", None), state, random.Random(0), NOW) == "a"
+    moved = prefix_aware(endpoints, RequestInfo(short + "hi", None), state, random.Random(0), NOW)
+    assert moved in {"b", "c", "d"}

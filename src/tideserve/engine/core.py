@@ -61,6 +61,8 @@ class EngineCore:
         self.bm = BlockManager(runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.bm)
         self.metrics = metrics
+        if metrics is not None:
+            metrics.cache_config(runner.num_blocks, config.block_size)
         self.eos = set(tokenizer.eos_token_ids) | set(runner.cfg.eos_token_ids)
         self._requests: dict[str, _Request] = {}
         self._aborted: list[RequestOutput] = []

@@ -116,6 +116,15 @@ class EngineMetrics:
         )
         self._synced = (0, 0, 0)
 
+    def cache_config(self, num_blocks: int, block_size: int) -> None:
+        """vLLM's info gauge: routers size their picture of this engine's prefix cache from it."""
+        Gauge(
+            "vllm:cache_config_info",
+            "Information of the KV cache configuration.",
+            ["num_gpu_blocks", "block_size"],
+            registry=self.registry,
+        ).labels(str(num_blocks), str(block_size)).set(1)
+
     def sync_counters(self, scheduler: Scheduler) -> None:
         # The scheduler keeps plain totals (it knows nothing of Prometheus); publish the deltas.
         now = (scheduler.prefix_queries, scheduler.prefix_hits, scheduler.num_preemptions)

@@ -32,12 +32,25 @@ RUNNING_WEIGHT = 0.25
 KV_WEIGHT = 4.0
 # prefix_aware: a cached prefix skips its prefill, which usually costs more than sharing a busier batch,
 # so the load term only decides between similar matches; the bounded load caps how far affinity can
-# pile requests onto one endpoint.
+# pile in-flight requests onto one endpoint (ε=1: twice the mean; tighter bounds split conversations
+# off their cache at the small in-flight counts of bursty chat traffic), and the traffic-share terms
+# below keep the totals even.
 LOAD_WEIGHT = 0.5
-LOAD_EPSILON = 0.25
+LOAD_EPSILON = 1.0
+RECENT_TAU_S = 60.0
+# About 8 KB of prompt text (2K tokens): a prefix this long cached is worth the most affinity gives.
+AFFINITY_BLOCKS = 128
+# An endpoint may take this much more than its fair share of recent traffic before it sheds requests;
+# each 0.1 over costs OVER_WEIGHT * 0.1 of score, so a request that would reuse half of AFFINITY_BLOCKS
+# moves once the endpoint is ~12% past the slack.
+SHARE_SLACK = 0.15
+OVER_WEIGHT = 0.7
+SHARE_MIN_REQUESTS = 8
 # Well below any real score difference (one cached block of a long prompt is ~1e-3).
 TIE_WEIGHT = 1e-6
 BLOCK_CHARS = 64
+# Text per token of BPE vocabularies on English, to size the index from an engine's cache in tokens.
+CHARS_PER_TOKEN = 4
 INDEX_CAPACITY = 50_000
 
 
@@ -123,24 +136,31 @@ class PrefixIndex:
             matched += 1
         return matched
 
-    def record(self, endpoint_id: str, prompt: str) -> None:
-        """Called by the gateway after sending `prompt` to `endpoint_id`, whichever policy chose it."""
+    def record(self, endpoint_id: str, prompt: str, capacity: int | None = None) -> None:
+        """Called by the gateway after sending `prompt` to `endpoint_id`, whichever policy chose it.
+        `capacity` (blocks) is the engine's own cache size when it publishes one (see
+        `index_capacity`): an index that outlives the engine's evictions sends requests to a prefix
+        that is gone."""
         blocks = self._blocks.setdefault(endpoint_id, OrderedDict())
         # Head blocks become the most recent, so eviction trims prefixes from the tail and never leaves a
         # tail that can no longer be reached through its chain.
         for h in reversed(block_hashes(prompt)):
             blocks[h] = None
             blocks.move_to_end(h)
-        while len(blocks) > self.capacity:
+        limit = capacity or self.capacity
+        while len(blocks) > limit:
             blocks.popitem(last=False)
-
-    def size(self, endpoint_id: str) -> int:
-        blocks = self._blocks.get(endpoint_id)
-        return len(blocks) if blocks else 0
 
     def forget(self, endpoint_id: str) -> None:
         """The endpoint is gone; a new one with the same id starts with an empty cache."""
         self._blocks.pop(endpoint_id, None)
+
+
+def index_capacity(cache_tokens: float) -> int | None:
+    """Index blocks that fit an engine's KV cache of `cache_tokens` (None: unknown)."""
+    if cache_tokens <= 0:
+        return None
+    return max(1, int(cache_tokens * CHARS_PER_TOKEN) // BLOCK_CHARS)
 
 
 @dataclass
@@ -151,6 +171,17 @@ class PolicyState:
     rr_next: int = 0
     stale_after: float = STALE_AFTER_S
     epsilon: float = LOAD_EPSILON
+    # Requests sent to each endpoint, decaying with RECENT_TAU_S: a smooth share of traffic that
+    # places new prefixes where traffic is lightest (in-flight counts are too noisy for that).
+    recent: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def recent_count(self, endpoint_id: str, now: float) -> float:
+        value, at = self.recent.get(endpoint_id, (0.0, now))
+        return value * math.exp(-(now - at) / RECENT_TAU_S)
+
+    def note(self, endpoint_id: str, now: float) -> None:
+        """Called by the gateway for every request it sends, whichever policy chose the endpoint."""
+        self.recent[endpoint_id] = (self.recent_count(endpoint_id, now) + 1.0, now)
 
 
 def is_stale(ep: EndpointState, now: float, stale_after: float = STALE_AFTER_S) -> bool:
@@ -288,6 +319,14 @@ def least_kv(
 def prefix_aware(
     endpoints: Endpoints, request: RequestInfo, state: PolicyState, rng: random.Random, now: float
 ) -> str | None:
+    """Where the longest cached prefix is, unless that endpoint is busy or already gets more than its
+    share of traffic.
+
+    The cache gain counts cached blocks against AFFINITY_BLOCKS rather than the prompt's length, so a
+    conversation with a long history sticks harder than a new one that shares only a system prompt;
+    when an endpoint's recent traffic exceeds its fair share by more than SHARE_SLACK, it sheds the
+    requests it would save the least on first, which keeps the totals balanced (consistent hashing
+    with bounded loads, applied to the traffic share). In-flight load still bounds everything."""
     candidates = bounded_load_filter(
         eligible(endpoints, now, state.stale_after), now, state.stale_after, state.epsilon
     )
@@ -296,17 +335,19 @@ def prefix_aware(
     hashes = block_hashes(request.prompt_text)
     loads = [load_of(ep, now, state.stale_after) / ep.weight for ep in candidates]
     max_load = max(loads)
-    # Between equal scores (a prefix cached nowhere, equal loads) the endpoint caching the least
-    # wins, so distinct prefixes spread over the caches instead of crowding one.
-    crowding = TIE_WEIGHT / (1 + sum(state.index.size(ep.id) for ep in candidates))
-    scored = [
-        (
-            ep,
-            prefix_score(state.index.matched_blocks(ep.id, hashes), len(hashes), load, max_load)
-            - crowding * state.index.size(ep.id),
-        )
-        for ep, load in zip(candidates, loads, strict=True)
-    ]
+    recent = [state.recent_count(ep.id, now) for ep in candidates]
+    total_weight = sum(ep.weight for ep in candidates)
+    fair = (sum(recent) + 1) / total_weight  # requests per unit of weight, this one included
+    # Shares of a short history are noise (the first request is 100% of it).
+    shares_count = sum(recent) >= SHARE_MIN_REQUESTS * len(candidates)
+    scored = []
+    for ep, load, count in zip(candidates, loads, recent, strict=True):
+        gain = min(1.0, state.index.matched_blocks(ep.id, hashes) / AFFINITY_BLOCKS)
+        share = (count + 1) / (fair * ep.weight)
+        over = max(0.0, share - 1 - SHARE_SLACK) if shares_count else 0.0
+        # The last term only breaks ties: new prefixes go where recent traffic is lightest.
+        score = gain - LOAD_WEIGHT * load / (max_load + 1) - OVER_WEIGHT * over - TIE_WEIGHT * share
+        scored.append((ep, score))
     return select_best(scored, rng)
 
 

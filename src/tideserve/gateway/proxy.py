@@ -24,7 +24,14 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tideserve.gateway.balancing import POLICIES, EndpointState, PolicyState, RequestInfo, session_key_of
+from tideserve.gateway.balancing import (
+    POLICIES,
+    EndpointState,
+    PolicyState,
+    RequestInfo,
+    index_capacity,
+    session_key_of,
+)
 from tideserve.gateway.breaker import BreakerConfig, BreakerState, CircuitBreaker, backoff_delay
 from tideserve.gateway.downstream import AsgiDownstream, ClientGone, Downstream, Headers, Receive, Scope, Send
 from tideserve.gateway.endpoints import Endpoint, EndpointTable, ServiceRoute
@@ -419,8 +426,11 @@ class Gateway:
                     break
                 breaker = self.breakers.get(chosen)
                 if breaker is None or breaker.allow(now):  # half-open: only its probe quota passes
+                    state.note(chosen, now)
                     if cfg.policy == "prefix_aware":
-                        state.index.record(chosen, info.prompt_text)
+                        load = by_id[chosen].load
+                        capacity = index_capacity(load.cache_tokens) if load is not None else None
+                        state.index.record(chosen, info.prompt_text, capacity)
                     return by_id[chosen]
                 states = [s for s in states if s.id != chosen]
         return None

@@ -6,6 +6,7 @@ consumer sees one vocabulary (DESIGN.md, "Contracts"). Parsing is prometheus_cli
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +18,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"),
     "prefix_queries": ("vllm:prefix_cache_queries",),
     "prefix_hits": ("vllm:prefix_cache_hits",),
+    "cache_tokens": ("vllm:cache_tokens", "sglang:max_total_num_tokens"),
 }
 
 
@@ -27,6 +29,7 @@ class EngineLoad:
     kv_usage: float = 0.0  # 0..1
     prefix_queries: float = 0.0
     prefix_hits: float = 0.0
+    cache_tokens: float = 0.0  # KV-cache capacity in tokens; 0 when the engine does not say
 
 
 def parse_engine_metrics(text: str) -> EngineLoad:
@@ -34,6 +37,12 @@ def parse_engine_metrics(text: str) -> EngineLoad:
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if sample.name == "vllm:cache_config_info":  # the numbers are labels of an info gauge
+                labels = sample.labels
+                with contextlib.suppress(KeyError, ValueError):
+                    blocks, size = int(labels["num_gpu_blocks"]), int(labels["block_size"])
+                    values["vllm:cache_tokens"] = float(blocks * size)
+                continue
             # counters appear as NAME_total; every label combination is summed
             name = sample.name.removesuffix("_total")
             values[name] = values.get(name, 0.0) + sample.value
