@@ -534,23 +534,33 @@ class Gateway:
             url = urlsplit(endpoint.url)
             origin = (url.hostname or "127.0.0.1", url.port or 80)
             head = request_head("POST", url.netloc, call.path, extra, len(raw))
+            # A client that leaves closes the engine connection, which stops the generation and fails
+            # whatever awaits it here. A recorded (idempotent) request keeps generating for a repeat.
+            bound: list[UpstreamConnection] = []
+
+            def abort(_: object, bound: list[UpstreamConnection] = bound) -> None:
+                for c in bound:
+                    c.close()
+
+            if record is None:
+                call.disconnected.add_done_callback(abort)
             try:
                 try:
-                    conn = await _first(
-                        self.pool.request(origin, head, raw, CONNECT_TIMEOUT_S, route.config.timeout_s),
-                        call.disconnected,
+                    conn = await self.pool.request(
+                        origin, head, raw, CONNECT_TIMEOUT_S, route.config.timeout_s, bound.append
                     )
-                except UpstreamTimeout as e:
+                except UpstreamError as e:
+                    if record is None and call.disconnected.done():
+                        raise ClientGone from e
                     breaker.on_failure(time.monotonic())
-                    raise GatewayError(
-                        504,
-                        f"instance {endpoint.instance_id} did not answer within "
-                        f"{route.config.timeout_s:g} s (routing.requestTimeoutSeconds)",
-                        "upstream_timeout",
-                    ) from e
-                except UpstreamError as e:  # ConnectFailed or a dropped connection
+                    if isinstance(e, UpstreamTimeout):
+                        raise GatewayError(
+                            504,
+                            f"instance {endpoint.instance_id} did not answer within "
+                            f"{route.config.timeout_s:g} s (routing.requestTimeoutSeconds)",
+                            "upstream_timeout",
+                        ) from e
                     # Nothing reached the client yet, so another instance may take it.
-                    breaker.on_failure(time.monotonic())
                     failure = str(e)
                     continue
                 if conn.status >= 500 and attempt + 1 < MAX_ATTEMPTS:
@@ -571,6 +581,7 @@ class Gateway:
                 await self._relay(call, conn, req, breaker, record, endpoint)
                 return
             finally:
+                call.disconnected.remove_done_callback(abort)
                 lease.release()
         raise GatewayError(
             502,
@@ -599,11 +610,7 @@ class Gateway:
         ok, started = True, False
         try:
             if not (req.stream and conn.status == 200):
-                body = (
-                    await _first(conn.read_all(), call.disconnected)
-                    if record is None
-                    else await conn.read_all()
-                )
+                body = await conn.read_all()
                 rec.ttft_s = time.perf_counter() - rec.started
                 _usage_into(rec, body, sse=False)
                 if record is not None:
@@ -627,9 +634,9 @@ class Gateway:
             if not _usage_into(rec, tap.prev + tap.last, sse=True):
                 # No usage event (the client did not ask): each event but [DONE] carries about one token.
                 rec.completion_tokens = max(0, tap.events - 1)
-        except ClientGone:
-            raise  # a client leaving says nothing about the engine
         except UpstreamError as e:
+            if record is None and call.disconnected.done():
+                raise ClientGone from e  # we closed it: a client leaving says nothing about the engine
             ok = False
             rec.error = "upstream_broke"
             if started:
@@ -665,7 +672,7 @@ class Gateway:
                 conn.attach(tap)
                 down.flush()
                 conn.after_read = down.flush
-                await _first(asyncio.shield(conn.done), call.disconnected)
+                await conn.done
             finally:
                 conn.after_read = None
                 if hasattr(down, "on_pause"):
@@ -687,9 +694,7 @@ class Gateway:
                     conn.done.result()  # raises UpstreamError when the engine broke off
                     return tap
                 waiter = asyncio.ensure_future(arrived.wait())
-                await _first(
-                    asyncio.wait({waiter, conn.done}, return_when=asyncio.FIRST_COMPLETED), call.disconnected
-                )
+                await asyncio.wait({waiter, conn.done}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 arrived.clear()
                 continue

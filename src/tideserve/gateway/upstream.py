@@ -194,13 +194,17 @@ class UpstreamPool:
         body: bytes,
         connect_timeout: float,
         read_timeout: float,
+        bind: Callable[[UpstreamConnection], None] | None = None,
     ) -> UpstreamConnection:
-        """Send one request; returns once the response's status and headers are in."""
+        """Send one request; returns once the response's status and headers are in. `bind` learns
+        each connection used, so its caller can close it (a client that left)."""
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
             if conn.closed:
                 continue
+            if bind is not None:
+                bind(conn)
             conn.send(head + body, read_timeout)
             try:
                 await conn.head
@@ -213,6 +217,8 @@ class UpstreamPool:
                 if conn.received_any:
                     raise
         conn = await self._connect(origin, connect_timeout)
+        if bind is not None:
+            bind(conn)
         conn.send(head + body, read_timeout)
         await conn.head
         return conn
