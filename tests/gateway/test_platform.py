@@ -149,6 +149,17 @@ def test_key_token_and_concurrency_limits(platform: Platform) -> None:
     assert asyncio.run(two_at_once()) == [200, 429]
 
 
+def test_token_charge_is_corrected_by_actual_usage(platform: Platform) -> None:
+    """Admission charges prompt + max_tokens; a reply that stops early gives the rest back."""
+    key = make_key(platform, tokensPerMinute=600)
+    early = {**SHORT, "prompt": "Say yes or no.", "max_tokens": 250, "stop": [" ", "\n", "."]}
+    first = post(platform, early, key)
+    assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] < 20
+    second = post(platform, {**SHORT, "max_tokens": 250}, key)
+    # Without the correction: 600 - 2 x ~255 = ~90 left; with it, the first costs only what it used.
+    assert second.status_code == 200 and int(second.headers["x-ratelimit-remaining-tokens"]) > 250
+
+
 def test_two_gateway_replicas_share_one_limit_through_redis(platform: Platform, tmp_path: Any) -> None:
     key = make_key(platform, requestsPerMinute=5)
     env = {"TIDESERVE_HOME": str(platform.home), "TIDESERVE_DATABASE_URL": platform.db_url or ""}
