@@ -279,8 +279,8 @@ SYSTEM = "You are a careful assistant. " * 300  # 8,700 characters: 135 full blo
     [
         # cached prefix wins over a lighter load while within the bound, ceil(1.25 * 5/3) = 3
         ([ep("a", inflight=2), ep("b"), ep("c", inflight=2)], {"a": SYSTEM}, {"a"}),
-        # a short cached prefix (10 blocks) saves less than the busier endpoint costs
-        ([ep("a", inflight=2), ep("b")], {"a": SYSTEM[:640]}, {"b"}),
+        # a short cached prefix (3 blocks) saves less than the busier endpoint costs
+        ([ep("a", inflight=2), ep("b")], {"a": SYSTEM[:192]}, {"b"}),
         # the longest match wins
         ([ep("a"), ep("b")], {"a": SYSTEM[:640], "b": SYSTEM}, {"b"}),
         # equal matches: the lighter load wins
@@ -425,18 +425,29 @@ def test_index_bounded_by_the_engines_cache_keeps_the_head() -> None:
 
 
 def test_prefix_aware_sheds_a_busy_endpoints_newest_conversations_first() -> None:
-    """Once an endpoint gets well over its share of recent traffic, a request that would reuse only a
-    short prefix there goes elsewhere, while one with a long cached history stays."""
+    """Past its fair share (but under the cap), an endpoint keeps a request with a long cached history
+    and sends away one that would reuse only a few blocks there."""
     state = PolicyState()
-    for _ in range(40):
-        state.note("a", NOW)
-    for other in ("b", "c", "d"):
-        for _ in range(10):
-            state.note(other, NOW)
+    for endpoint, count in (("a", 26), ("b", 20), ("c", 20), ("d", 20)):
+        for _ in range(count):
+            state.note(endpoint, NOW)  # a's share: 27 / (87 / 4) = 1.24
     state.index.record("a", SYSTEM)  # a long history: 135 blocks
-    short = "Short system prompt. " * 40  # 13 blocks
+    short = "Short system prompt. " * 9  # 2 blocks
     state.index.record("a", short)
     endpoints = [ep(e) for e in "abcd"]
     assert prefix_aware(endpoints, RequestInfo(SYSTEM + "more", None), state, random.Random(0), NOW) == "a"
     moved = prefix_aware(endpoints, RequestInfo(short + "hi", None), state, random.Random(0), NOW)
     assert moved in {"b", "c", "d"}
+
+
+def test_prefix_aware_takes_nothing_new_past_the_share_cap() -> None:
+    state = PolicyState()
+    for endpoint, count in (("a", 60), ("b", 20), ("c", 20), ("d", 20)):
+        for _ in range(count):
+            state.note(endpoint, NOW)
+    state.index.record("a", SYSTEM)  # however long the cached history there
+    endpoints = [ep(e) for e in "abcd"]
+    chosen = {
+        prefix_aware(endpoints, RequestInfo(SYSTEM, None), state, random.Random(s), NOW) for s in range(20)
+    }
+    assert "a" not in chosen  # a's share is 61 / (121 / 4) = 2.0 > 1.25

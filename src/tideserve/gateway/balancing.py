@@ -31,20 +31,22 @@ SATURATED_WAITING = 1_000
 RUNNING_WEIGHT = 0.25
 KV_WEIGHT = 4.0
 # prefix_aware: a cached prefix skips its prefill, which usually costs more than sharing a busier batch,
-# so the load term only decides between similar matches; the bounded load caps how far affinity can
-# pile in-flight requests onto one endpoint (ε=1: twice the mean; tighter bounds split conversations
-# off their cache at the small in-flight counts of bursty chat traffic), and the traffic-share terms
-# below keep the totals even.
-LOAD_WEIGHT = 0.5
+# so the (small) load term only decides between similar matches; the bounded load caps how far affinity
+# can pile in-flight requests onto one endpoint (ε=1: twice the mean; tighter bounds, and a heavier load
+# term, split conversations off their cache on the noise of small in-flight counts), and the
+# traffic-share terms below keep the totals even.
+LOAD_WEIGHT = 0.1
 LOAD_EPSILON = 1.0
 RECENT_TAU_S = 60.0
 # About 8 KB of prompt text (2K tokens): a prefix this long cached is worth the most affinity gives.
 AFFINITY_BLOCKS = 128
-# An endpoint may take this much more than its fair share of recent traffic before it sheds requests;
-# each 0.1 over costs OVER_WEIGHT * 0.1 of score, so a request that would reuse half of AFFINITY_BLOCKS
-# moves once the endpoint is ~12% past the slack.
+# Past 1 + SHARE_SLACK times its fair share of recent traffic an endpoint's score drops by OVER_WEIGHT
+# per unit of share, so the requests that would reuse least there (new conversations) go elsewhere
+# first; past 1 + SHARE_CAP it takes nothing new. Shares count once the history holds
+# SHARE_MIN_REQUESTS per endpoint.
 SHARE_SLACK = 0.15
 OVER_WEIGHT = 0.7
+SHARE_CAP = 0.25
 SHARE_MIN_REQUESTS = 8
 # Well below any real score difference (one cached block of a long prompt is ~1e-3).
 TIE_WEIGHT = 1e-6
@@ -325,8 +327,9 @@ def prefix_aware(
     The cache gain counts cached blocks against AFFINITY_BLOCKS rather than the prompt's length, so a
     conversation with a long history sticks harder than a new one that shares only a system prompt;
     when an endpoint's recent traffic exceeds its fair share by more than SHARE_SLACK, it sheds the
-    requests it would save the least on first, which keeps the totals balanced (consistent hashing
-    with bounded loads, applied to the traffic share). In-flight load still bounds everything."""
+    requests it would save the least on first, and past SHARE_CAP it takes none, which keeps the totals
+    balanced (consistent hashing with bounded loads, applied to the traffic share). In-flight load is
+    bounded as well."""
     candidates = bounded_load_filter(
         eligible(endpoints, now, state.stale_after), now, state.stale_after, state.epsilon
     )
@@ -344,6 +347,8 @@ def prefix_aware(
     for ep, load, count in zip(candidates, loads, recent, strict=True):
         gain = min(1.0, state.index.matched_blocks(ep.id, hashes) / AFFINITY_BLOCKS)
         share = (count + 1) / (fair * ep.weight)
+        if shares_count and share > 1 + SHARE_CAP:
+            continue  # the hard bound on traffic share, whatever the cache
         over = max(0.0, share - 1 - SHARE_SLACK) if shares_count else 0.0
         # The last term only breaks ties: new prefixes go where recent traffic is lightest.
         score = gain - LOAD_WEIGHT * load / (max_load + 1) - OVER_WEIGHT * over - TIE_WEIGHT * share
