@@ -19,6 +19,7 @@ import re
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -118,7 +119,7 @@ class _StreamTap:
 
     __slots__ = ("events", "first_at", "last", "prev", "write")
 
-    def __init__(self, write: object) -> None:
+    def __init__(self, write: Callable[[bytes], None]) -> None:
         self.write = write
         self.first_at: float | None = None
         self.events = 0
@@ -129,7 +130,7 @@ class _StreamTap:
             self.first_at = time.perf_counter()
         self.events += chunk.count(b"data:")
         self.prev, self.last = self.last, chunk
-        self.write(chunk)  # type: ignore[operator]
+        self.write(chunk)
 
 
 class Gateway:

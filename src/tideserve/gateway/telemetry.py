@@ -72,19 +72,6 @@ class _Series:
 
 
 class GatewayMetrics:
-    def series(self, service: str, model: str, key: str) -> _Series:
-        labels = (service, model, key)
-        found = self._series.get(labels)
-        if found is None:
-            found = self._series[labels] = _Series(
-                self.ttft.labels(*labels),
-                self.tpot.labels(*labels),
-                self.e2e.labels(*labels),
-                self.prompt_tokens.labels(*labels),
-                self.completion_tokens.labels(*labels),
-            )
-        return found
-
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._series: dict[tuple[str, str, str], _Series] = {}
         self.registry = registry or CollectorRegistry()
@@ -132,6 +119,19 @@ class GatewayMetrics:
         self.retries = Counter(
             "tideserve_gateway_retries", "Upstream attempts retried", ("service",), registry=r
         )
+
+    def series(self, service: str, model: str, key: str) -> _Series:
+        labels = (service, model, key)
+        found = self._series.get(labels)
+        if found is None:
+            found = self._series[labels] = _Series(
+                self.ttft.labels(*labels),
+                self.tpot.labels(*labels),
+                self.e2e.labels(*labels),
+                self.prompt_tokens.labels(*labels),
+                self.completion_tokens.labels(*labels),
+            )
+        return found
 
 
 @dataclass
