@@ -45,9 +45,9 @@ AFFINITY_BLOCKS = 128
 # first; past 1 + SHARE_CAP it takes nothing new. Shares count once the history holds
 # SHARE_MIN_REQUESTS per endpoint.
 SHARE_SLACK = 0.15
-OVER_WEIGHT = 0.7
+OVER_WEIGHT = 2.0
 SHARE_CAP = 0.25
-SHARE_MIN_REQUESTS = 8
+SHARE_MIN_REQUESTS = 3
 # Well below any real score difference (one cached block of a long prompt is ~1e-3).
 TIE_WEIGHT = 1e-6
 BLOCK_CHARS = 64
