@@ -97,6 +97,19 @@ class _Call:
         return [(b"x-request-id", self.record.request_id.encode()), *(self.response_headers or [])]
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Where a request may go and how it is sent, decided once before the first attempt."""
+
+    route: ServiceRoute
+    req: ParsedRequest
+    raw: bytes  # the body as sent upstream
+    info: RequestInfo
+    rank: int  # priority class, 0 = high
+    pin: int | None  # X-Model-Version
+    prompt_tokens: int  # estimated, for pools and the rate-limit charge
+
+
 class _Lease:
     """One request held by an instance: released exactly once, however the request ends."""
 
@@ -334,12 +347,11 @@ class Gateway:
                 body = {**body, "priority": ENGINE_PRIORITY[rank]}
                 raw = json.dumps(body).encode()
             info = RequestInfo(req.prompt_text, rec.session_id)
+            plan = _Plan(route, req, raw, info, rank, pin, prompt_tokens)
             if record is None or idem_key is None:
-                await self._forward(call, route, req, raw, info, rank, pin, prompt_tokens, None)
+                await self._forward(call, plan, None)
             else:
-                await self._forward_recorded(
-                    call, route, req, raw, info, rank, pin, prompt_tokens, record, idem_key
-                )
+                await self._forward_recorded(call, plan, record, idem_key)
         finally:
             if scopes:
                 used = (rec.prompt_tokens or prompt_tokens) + (rec.completion_tokens or 0)
@@ -347,25 +359,13 @@ class Gateway:
                     await self.limiter.charge(scopes, used - charged)
                 await self.limiter.release(scopes, lease_id)
 
-    async def _forward_recorded(
-        self,
-        call: _Call,
-        route: ServiceRoute,
-        req: ParsedRequest,
-        raw: bytes,
-        info: RequestInfo,
-        rank: int,
-        pin: int | None,
-        prompt_tokens: int,
-        record: Record,
-        idem_key: str,
-    ) -> None:
+    async def _forward_recorded(self, call: _Call, plan: _Plan, record: Record, idem_key: str) -> None:
         """Idempotent: the upstream response goes into the record, which the client follows like any
         repeat would; if the client leaves, the generation still completes for the next repeat."""
 
         async def produce() -> None:
             try:
-                await self._forward(call, route, req, raw, info, rank, pin, prompt_tokens, record)
+                await self._forward(call, plan, record)
             except (GatewayError, ClientGone) as e:
                 if not record.started.is_set():
                     # Nothing was generated: record the refusal for this client, keep no record.
@@ -386,10 +386,9 @@ class Gateway:
 
     # --- choosing an instance ----------------------------------------------------------------------
 
-    def _pick(
-        self, service: str, info: RequestInfo, pin: int | None, prompt_tokens: int, tried: set[str]
-    ) -> Endpoint | None:
-        route = self.table.route(service)
+    def _pick(self, plan: _Plan, tried: set[str]) -> Endpoint | None:
+        service, info = plan.route.name, plan.info
+        route = self.table.route(service)  # the latest table, not the plan's snapshot
         if route is None:
             return None
         cfg, now = route.config, time.monotonic()
@@ -397,7 +396,8 @@ class Gateway:
         if state is None:
             state = self.policy_states[service] = PolicyState()
         policy = POLICIES.get(cfg.policy, POLICIES["prefix_aware"])
-        for tier in candidate_tiers(route.endpoints, route.revision, cfg, pin, prompt_tokens, self.rng):
+        tiers = candidate_tiers(route.endpoints, route.revision, cfg, plan.pin, plan.prompt_tokens, self.rng)
+        for tier in tiers:
             by_id: dict[str, Endpoint] = {}
             states: list[EndpointState] = []
             for e in tier:
@@ -436,23 +436,15 @@ class Gateway:
                 states = [s for s in states if s.id != chosen]
         return None
 
-    async def _acquire(
-        self,
-        call: _Call,
-        route: ServiceRoute,
-        info: RequestInfo,
-        rank: int,
-        pin: int | None,
-        prompt_tokens: int,
-        tried: set[str],
-    ) -> Endpoint:
+    async def _acquire(self, call: _Call, plan: _Plan, tried: set[str]) -> Endpoint:
         """An instance for the request now, or after waiting in the service's queue."""
+        route, rank = plan.route, plan.rank
         name, cfg = route.name, route.config
         q = self.queue(name)
         best = q.best_rank()
         # Nobody may overtake a waiter of equal or higher priority.
         if best is None or rank < best:
-            chosen = self._pick(name, info, pin, prompt_tokens, tried)
+            chosen = self._pick(plan, tried)
             if chosen is not None:
                 return chosen
         deadline = time.monotonic() + cfg.queue_timeout_s
@@ -476,7 +468,7 @@ class Gateway:
                     waiter.cancel()
             if call.disconnected.done():
                 raise ClientGone
-            chosen = self._pick(name, info, pin, prompt_tokens, tried)
+            chosen = self._pick(plan, tried)
             if chosen is not None:
                 return chosen
 
@@ -507,19 +499,8 @@ class Gateway:
 
     # --- talking to the instance ------------------------------------------------------------------
 
-    async def _forward(
-        self,
-        call: _Call,
-        route: ServiceRoute,
-        req: ParsedRequest,
-        raw: bytes,
-        info: RequestInfo,
-        rank: int,
-        pin: int | None,
-        prompt_tokens: int,
-        record: Record | None,
-    ) -> None:
-        rec = call.record
+    async def _forward(self, call: _Call, plan: _Plan, record: Record | None) -> None:
+        rec, route, req, raw = call.record, plan.route, plan.req, plan.raw
         extra = [("content-type", "application/json"), ("x-request-id", rec.request_id)]
         tried: set[str] = set()
         failure = ""
@@ -527,7 +508,7 @@ class Gateway:
             if attempt:
                 self.metrics.retries.labels(route.name).inc()
                 await asyncio.sleep(backoff_delay(attempt - 1, base=0.05, cap=1.0, rng=self.rng))
-            endpoint = await self._acquire(call, route, info, rank, pin, prompt_tokens, tried)
+            endpoint = await self._acquire(call, plan, tried)
             tried.add(endpoint.instance_id)
             lease = _Lease(self, route.name, endpoint)
             rec.attempts, rec.instance, rec.revision = attempt + 1, endpoint.instance_id, endpoint.revision
