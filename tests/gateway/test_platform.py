@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import redis
 
 from tests.controlplane.conftest import Databases, Platform, _cleanup, free_port
 from tests.gateway.conftest import GatewayProc
@@ -265,4 +264,3 @@ def test_gateway_metrics_on_the_platform_port(platform: Platform) -> None:
     text = httpx.get(platform.url + "/metrics", timeout=5, trust_env=False).text
     assert 'tideserve_gateway_requests_total{key="admin",model="smollm2-135m-instruct",service="main"' in text
     assert "tideserve_gateway_e2e_seconds_bucket" in text and "tideserve_gateway_queued" in text
-    assert redis.Redis.from_url(REDIS).ping()

@@ -235,7 +235,7 @@ def _wait_for(predicate: Any, timeout: float = 10) -> None:
 
 
 def test_client_disconnect_aborts_the_upstream_request(gw: GatewayProc, engines: list[Engine]) -> None:
-    done_before = sum(e.metric("vllm:e2e_request_latency_seconds_count") for e in engines)
+    generated_before = sum(e.metric("vllm:generation_tokens_total") for e in engines)
     body = {"model": "chat", "prompt": "Tell a long story.", "max_tokens": 900, "stream": True,
             "ignore_eos": True}  # fmt: skip
     with gw.client() as c, c.stream("POST", "/v1/completions", json=body) as r:
@@ -246,9 +246,8 @@ def test_client_disconnect_aborts_the_upstream_request(gw: GatewayProc, engines:
     # 900 tokens take far longer than this: the engine stopped because the gateway closed upstream.
     _wait_for(lambda: sum(e.metric("vllm:num_requests_running") for e in engines) == 0, timeout=8)
     _wait_for(lambda: gw.metric("tideserve_gateway_inflight", service="chat") == 0)
-    generated = sum(e.metric("vllm:generation_tokens_total") for e in engines)
-    assert sum(e.metric("vllm:e2e_request_latency_seconds_count") for e in engines) >= done_before
-    assert generated < 10_000
+    generated = sum(e.metric("vllm:generation_tokens_total") for e in engines) - generated_before
+    assert generated < 900
 
 
 def test_in_flight_counts_stay_exact_on_every_path(gw: GatewayProc) -> None:

@@ -17,7 +17,7 @@ from tideserve.errors import ApiError
 from tideserve.store.models import ApiKey
 
 SCOPES = ("admin", "inference")
-PRIORITIES = ("high", "normal", "low")
+PRIORITIES = ("high", "normal", "low")  # served in this order, at the gateway and in the engine
 PREFIX = "ts-"
 
 
@@ -63,13 +63,18 @@ def ensure_admin_key(s: Session, home: Path) -> str:
     return secret
 
 
-def authenticate(s: Session, authorization: str | None, need: str) -> ApiKey:
+def bearer_token(authorization: str | None) -> str:
+    """The key in an `Authorization: Bearer <key>` header; 401 for anything else."""
     if not authorization:
         raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", "unauthorized")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "malformed Authorization header: use 'Bearer <key>'", "unauthorized")
-    key = s.scalar(select(ApiKey).where(ApiKey.sha256 == digest(token.strip())))
+    return token.strip()
+
+
+def authenticate(s: Session, authorization: str | None, need: str) -> ApiKey:
+    key = s.scalar(select(ApiKey).where(ApiKey.sha256 == digest(bearer_token(authorization))))
     if key is None or key.revoked_at is not None:
         raise ApiError(401, "invalid or revoked API key", "unauthorized")
     if key.expires_at is not None and expired(key.expires_at):

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from tideserve.api.auth import digest
+from tideserve.api.auth import bearer_token, digest
+from tideserve.errors import ApiError
 from tideserve.gateway.openai_api import GatewayError
 from tideserve.gateway.ratelimit import Limits
 from tideserve.store.db import Store
@@ -59,13 +60,11 @@ def _info(k: ApiKey) -> KeyInfo:
 
 
 def bearer(authorization: str | None) -> str:
-    if not authorization:
-        raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise GatewayError(401, "malformed Authorization header: use 'Bearer <key>'", "invalid_api_key")
-    return token
+    """`auth.bearer_token`, refused the way OpenAI clients expect."""
+    try:
+        return bearer_token(authorization)
+    except ApiError as e:
+        raise GatewayError(e.status, e.message, "invalid_api_key") from None
 
 
 class KeyCache:

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tideserve.api.auth import PRIORITIES as KEY_PRIORITIES
 from tideserve.gateway.balancing import (
     POLICIES,
     EndpointState,
@@ -67,7 +68,6 @@ from tideserve.gateway.upstream import (
 MAX_BODY_BYTES = 16 << 20
 MAX_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 5.0
-RANK_NAMES = ("high", "normal", "low")
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
 GATEWAY_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/metrics")
 _KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
@@ -303,7 +303,7 @@ class Gateway:
         rec.session_id = session_key_of(call.headers, req.body)
         pin = parse_version(call.headers.get("x-model-version"))
         rank = priority_rank(call.headers.get("x-priority"), key.priority if key else "normal")
-        rec.priority = RANK_NAMES[rank]
+        rec.priority = KEY_PRIORITIES[rank]
 
         idem_key = call.headers.get("idempotency-key")
         record: Record | None = None
@@ -323,7 +323,7 @@ class Gateway:
         if scopes:
             verdict = await self.limiter.acquire(scopes, charged)
             if not verdict.allowed:
-                if record is not None and idem_key is not None:
+                if idem_key is not None:  # refused before anything ran: a repeat starts anew
                     self.idempotency.discard(key.id if key else 0, idem_key)
                 which = "service" if (verdict.denied_scope or "").startswith("service:") else "key"
                 owner = route.name if which == "service" else (key.name if key else "")
@@ -348,7 +348,7 @@ class Gateway:
                 raw = json.dumps(body).encode()
             info = RequestInfo(req.prompt_text, rec.session_id)
             plan = _Plan(route, req, raw, info, rank, pin, prompt_tokens)
-            if record is None or idem_key is None:
+            if record is None or idem_key is None:  # both set or neither; this form types
                 await self._forward(call, plan, None)
             else:
                 await self._forward_recorded(call, plan, record, idem_key)

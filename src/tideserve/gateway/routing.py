@@ -7,11 +7,12 @@ import random
 import re
 from collections.abc import Sequence
 
+from tideserve.api.auth import PRIORITIES as KEY_PRIORITIES
 from tideserve.gateway.endpoints import Endpoint, RouteConfig
 from tideserve.gateway.openai_api import GatewayError
 
 # Rank: lower is served first, at the gateway queue and in the engine.
-PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+PRIORITIES = {name: rank for rank, name in enumerate(KEY_PRIORITIES)}
 # vLLM's convention, which our engine shares: lower `priority` is scheduled earlier, 0 is the default.
 ENGINE_PRIORITY = {0: -1, 1: 0, 2: 1}
 _VERSION = re.compile(r"v?(\d{1,9})", re.IGNORECASE)

@@ -8,6 +8,7 @@ is honoured; a body over the limit is refused with 413 before it is read whole."
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections import deque
@@ -35,6 +36,7 @@ class Request:
 App = Callable[[Request, Downstream], Awaitable[None]]
 
 
+@functools.cache
 def _status_line(status: int) -> bytes:
     try:
         phrase = HTTPStatus(status).phrase
