@@ -8,6 +8,7 @@ import pytest
 
 from tideserve.gateway.balancing import (
     BLOCK_CHARS,
+    RECENT_TAU_S,
     SATURATED_WAITING,
     EndpointState,
     Policy,
@@ -451,3 +452,14 @@ def test_prefix_aware_takes_nothing_new_past_the_share_cap() -> None:
         prefix_aware(endpoints, RequestInfo(SYSTEM, None), state, random.Random(s), NOW) for s in range(20)
     }
     assert "a" not in chosen  # a's share is 61 / (121 / 4) = 2.0 > 1.25
+
+
+def test_prefix_aware_always_picks_when_every_share_sits_past_the_cap() -> None:
+    """Eight endpoints with an even, short history (counts 3.05, e5's 3.0): counting this request every
+    share is past 1.25 (e5's: 4.0 / (25.35 / 8) = 1.26), yet one must take it, the lightest."""
+    state = PolicyState()
+    for i in range(8):
+        for _ in range(4):  # four notes decayed to the target count by now
+            state.note(f"e{i}", NOW - RECENT_TAU_S * math.log(4 / (3.0 if i == 5 else 3.05)))
+    endpoints = [ep(f"e{i}") for i in range(8)]
+    assert prefix_aware(endpoints, RequestInfo(SYSTEM, None), state, random.Random(0), NOW) == "e5"

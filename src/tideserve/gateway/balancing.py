@@ -353,6 +353,11 @@ def prefix_aware(
         # The last term only breaks ties: new prefixes go where recent traffic is lightest.
         score = gain - LOAD_WEIGHT * load / (max_load + 1) - OVER_WEIGHT * over - TIE_WEIGHT * share
         scored.append((ep, score))
+    if not scored:
+        # Every share counts this request, so with a short, even history all can sit past the cap;
+        # the endpoint with the least recent traffic is then still within its share.
+        lightest = min(zip(candidates, recent, strict=True), key=lambda pair: pair[1] / pair[0].weight)[0]
+        return lightest.id
     return select_best(scored, rng)
 
 
