@@ -1,5 +1,5 @@
 """Assemble the platform for `tideserve up`: store (migrated), first-start bootstrap, reconciler,
-gateway and the API app."""
+gateway, metrics collector and the API app."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from tideserve.gateway.keys import KeyCache
 from tideserve.gateway.proxy import Gateway
 from tideserve.gateway.ratelimit import limiter_for
 from tideserve.home import client_url
+from tideserve.observability.collector import INTERVAL_S, MAX_SERIES, TSDB_FILE, Collector
+from tideserve.observability.export import TsdbExport
+from tideserve.observability.tsdb import TimeSeriesStore
 from tideserve.resources import bootstrap
 from tideserve.resources.discovery import discover
 from tideserve.services import manager
@@ -34,7 +37,12 @@ class Summary:
     default_service: str | None
 
 
-def build(home: Path, deploy_default: bool = True, redis_url: str | None = None) -> tuple[FastAPI, Summary]:
+def build(
+    home: Path,
+    deploy_default: bool = True,
+    redis_url: str | None = None,
+    metrics_interval: float = INTERVAL_S,
+) -> tuple[FastAPI, Summary]:
     store = Store(database_url(home))
     migrate(store.engine)
     machine = discover()
@@ -52,7 +60,12 @@ def build(home: Path, deploy_default: bool = True, redis_url: str | None = None)
                 default = bootstrap.DEFAULT_SERVICE
     gateway = Gateway(EndpointTable(store), KeyCache(store), limiter_for(redis_url))
     controller = Controller(store, home, inflight=gateway.open_requests)
-    app = create_app(Context(store, home, controller), gateway)
+    tsdb = TimeSeriesStore.load(home / TSDB_FILE, max_series=MAX_SERIES)
+    gateway.metrics.registry.register(TsdbExport(tsdb))
+    collector = Collector(
+        store, home, tsdb, gateway.metrics.response_counts, metrics_interval, local_node=machine.hostname
+    )
+    app = create_app(Context(store, home, controller, tsdb), gateway, collector)
     url = (
         store.url if store.url.startswith("sqlite") else store.engine.url.render_as_string(hide_password=True)
     )

@@ -1,5 +1,5 @@
 """One ASGI app on one port: `/api/v1/*` control plane, `/v1/*` OpenAI entry (the gateway),
-`/metrics` (the gateway's), `/health`."""
+`/metrics` (the gateway's and the collector's), `/health`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from tideserve import __version__
-from tideserve.api import keys, models, resources, services
+from tideserve.api import keys, models, monitoring, resources, services
 from tideserve.api.deps import Context
 from tideserve.errors import ApiError
 from tideserve.gateway.openai_api import error_body
 from tideserve.gateway.proxy import GATEWAY_PATHS, Gateway
+from tideserve.observability.collector import Collector
 
 
 def _error(status: int, message: str, code: str, details: list[dict[str, str]] | None = None) -> JSONResponse:
@@ -31,12 +32,16 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(ctx: Context, gateway: Gateway) -> FastAPI:
+def create_app(ctx: Context, gateway: Gateway, collector: Collector | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.controller.start()
         await gateway.start()
+        if collector is not None:
+            await collector.start()
         yield
+        if collector is not None:
+            await collector.close()
         await gateway.close()
         ctx.controller.shutdown()
 
@@ -72,6 +77,7 @@ def create_app(ctx: Context, gateway: Gateway) -> FastAPI:
     app.include_router(models.router)
     app.include_router(services.router)
     app.include_router(keys.router)
+    app.include_router(monitoring.router)
     # The gateway is a raw ASGI app: its routes take every method and answer 405 themselves.
     app.router.routes.extend(Route(path, gateway) for path in GATEWAY_PATHS)
 

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from tideserve.api.auth import authenticate
+from tideserve.observability.tsdb import TimeSeriesStore
 from tideserve.services.controller import Controller
 from tideserve.store.db import Store
 from tideserve.store.models import ApiKey
@@ -19,6 +20,7 @@ class Context:
     store: Store
     home: Path
     controller: Controller
+    tsdb: TimeSeriesStore
 
 
 def context(request: Request) -> Context:

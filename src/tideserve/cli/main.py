@@ -14,6 +14,7 @@ from rich.console import Console
 from tideserve.cli.client import Client, fail
 from tideserve.cli.gateway import gateway
 from tideserve.cli.output import Format, emit, gib
+from tideserve.cli.top import top
 from tideserve.cli.up import down, up
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.command()(up)
 app.command()(down)
 app.command()(gateway)
+app.command()(top)
 
 HomeOpt = Annotated[Path | None, typer.Option("--home", help="state directory (default: $TIDESERVE_HOME)")]
 OutOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml")]

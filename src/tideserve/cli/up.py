@@ -28,6 +28,9 @@ def up(
             envvar="TIDESERVE_REDIS_URL", help="share rate limits with `tideserve gateway` replicas"
         ),
     ] = None,
+    metrics_interval: Annotated[
+        float, typer.Option(min=1.0, max=300.0, help="seconds between two rounds of the metrics collector")
+    ] = 5.0,
 ) -> None:
     """Run the control plane in the foreground; Ctrl-C stops it and every instance it started."""
     import uvicorn
@@ -55,7 +58,9 @@ def up(
     configure_access_log(True)
     for chatty in ("httpx", "alembic"):  # a line per health probe / migration step drowns the log
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    app, summary = build(home, deploy_default=not no_default, redis_url=redis_url)
+    app, summary = build(
+        home, deploy_default=not no_default, redis_url=redis_url, metrics_interval=metrics_interval
+    )
     write_running(home, host, port)
     try:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

@@ -120,6 +120,16 @@ class GatewayMetrics:
             "tideserve_gateway_retries", "Upstream attempts retried", ("service",), registry=r
         )
 
+    def response_counts(self) -> dict[tuple[str, str], float]:
+        """Responses so far by (service, status), summed over models and keys, for the collector."""
+        counts: dict[tuple[str, str], float] = {}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = (sample.labels["service"], sample.labels["status"])
+                    counts[key] = counts.get(key, 0.0) + sample.value
+        return counts
+
     def series(self, service: str, model: str, key: str) -> _Series:
         labels = (service, model, key)
         found = self._series.get(labels)

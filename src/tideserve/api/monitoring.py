@@ -1,0 +1,71 @@
+"""Monitoring views: a service's, a node's and a cluster's figures now and over a window, and the
+overview behind `tideserve top`."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from tideserve.api.deps import Admin, Ctx
+from tideserve.errors import invalid, not_found
+from tideserve.observability import views
+from tideserve.services import manager
+from tideserve.store.models import Cluster, Node
+
+router = APIRouter(prefix="/api/v1", dependencies=[Admin], tags=["monitoring"])
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_WINDOW_S = 30 * 86400
+
+
+def window_seconds(text: str) -> float:
+    """'15m', '6h', '7d' -> seconds; a 422 naming the parameter otherwise."""
+    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    seconds = int(m.group(1)) * UNITS[m.group(2)] if m else 0
+    if not 60 <= seconds <= MAX_WINDOW_S:
+        message = f"window: {text!r} is not a duration from 1m to 30d; use e.g. 15m, 6h or 7d"
+        raise invalid(message, [{"loc": "window", "msg": message}])
+    return float(seconds)
+
+
+Window = Query("1h", description="how far back the series go: 15m, 6h, 7d (1m to 30d)")
+
+
+def _span(window: str) -> tuple[float, float, float]:
+    now = time.time()
+    return now - window_seconds(window), now, now
+
+
+@router.get("/services/{name}/metrics")
+def service_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
+    start, end, now = _span(window)
+    with ctx.store.session() as s:
+        manager.get(s, name)  # 404 for an unknown service
+    return views.service_view(ctx.tsdb, name, start, end, now)
+
+
+@router.get("/nodes/{name}/metrics")
+def node_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
+    start, end, now = _span(window)
+    with ctx.store.session() as s:
+        if s.scalar(select(Node.id).where(Node.name == name)) is None:
+            raise not_found("node", name, "list them with GET /api/v1/nodes")
+    return views.node_view(ctx.tsdb, name, start, end, now)
+
+
+@router.get("/clusters/{name}/metrics")
+def cluster_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
+    start, end, now = _span(window)
+    with ctx.store.session() as s:
+        if s.scalar(select(Cluster.id).where(Cluster.name == name)) is None:
+            raise not_found("cluster", name, "list them with GET /api/v1/clusters")
+    return views.cluster_view(ctx.tsdb, name, start, end, now)
+
+
+@router.get("/monitoring/overview")
+def overview(ctx: Ctx) -> dict[str, Any]:
+    return views.overview(ctx.tsdb, time.time())
