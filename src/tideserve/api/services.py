@@ -1,20 +1,21 @@
 """Inference services: create / list / get / update (rolling) / restart / delete, instances, logs,
-the YAML view, and a dry run that returns the fit estimate without deploying."""
+events, the YAML view, and a dry run that returns the fit estimate without deploying."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tideserve.api.deps import Admin, Ctx
 from tideserve.errors import invalid, not_found
 from tideserve.platforms.local import log_tail
-from tideserve.services import manager
+from tideserve.services import events, manager
 from tideserve.services.spec import parse_service_document, to_yaml
 from tideserve.store.models import Instance, Node, Service
 
@@ -191,3 +192,33 @@ def service_logs(
                 raise not_found("instance", instance, f"list them with GET /api/v1/services/{name}/instances")
         parts = [f"==> instance {i.id} ({i.state}) <==\n{log_tail(i.log_path, lines)}" for i in rows]
         return "\n".join(parts) + "\n"
+
+
+@router.get("/{name}/events")
+def service_events(
+    ctx: Ctx,
+    name: str,
+    since: Annotated[
+        AwareDatetime | None, Query(description="ISO 8601 time with a zone, e.g. 2030-01-31T12:00:00Z")
+    ] = None,
+    limit: int = Query(100, ge=1, le=events.KEEP),
+) -> dict[str, Any]:
+    """What happened to the service and why, newest first. A deleted service's trail stays readable
+    (it says how the service went); a name with neither a service nor events is not found."""
+    with ctx.store.session() as s:
+        rows = events.list_events(s, name, since, limit)
+        if not rows and not events.known(s, name):
+            raise not_found("service", name, "list services with `tideserve services list`")
+        return {
+            "items": [
+                {
+                    "at": e.at.isoformat(),
+                    "kind": e.kind,
+                    "reason": e.reason,
+                    "message": e.message,
+                    "instance": e.instance,
+                    "details": e.details,
+                }
+                for e in rows
+            ]
+        }

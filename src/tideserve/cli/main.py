@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -394,6 +396,47 @@ def services_logs(
     if instance:
         params["instance"] = instance
     typer.echo(Client(home).get(f"/api/v1/services/{name}/logs", params=params).rstrip())
+
+
+EVENT_COLUMNS = [
+    ("at", lambda e: e["at"][:19].replace("T", " ")),
+    ("reason", lambda e: e["reason"]),
+    ("instance", lambda e: e["instance"] or ""),
+    ("message", lambda e: e["message"].split("\n")[0]),
+]
+_AGO = re.compile(r"([0-9]{1,9})([smhd])")
+_AGO_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since_time(text: str) -> str:
+    """--since for the API: a time ago ('30m', '1h', '2d') or an ISO time, local when it has no zone."""
+    try:
+        if m := _AGO.fullmatch(text.strip()):
+            ago = timedelta(seconds=int(m.group(1)) * _AGO_SECONDS[m.group(2)])
+            return (datetime.now(UTC) - ago).isoformat()
+        when = datetime.fromisoformat(text.strip())
+        return (when if when.tzinfo else when.astimezone()).isoformat()
+    except (ValueError, OverflowError):
+        fail(
+            f"--since {text!r} is neither a time ago (30m, 1h, 2d) "
+            "nor an ISO time (2030-01-31T12:00:00Z, 2030-01-31 12:00)"
+        )
+    raise AssertionError  # fail() exits
+
+
+@services.command("events")
+def services_events(
+    name: str,
+    since: Annotated[str | None, typer.Option(help="newer than 30m, 1h, 2d ago, or an ISO time")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, the newest (1-1000)")] = 100,
+    output: OutOpt = Format.table,
+    home: HomeOpt = None,
+) -> None:
+    """What happened to a service and why, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if since:
+        params["since"] = since_time(since)
+    emit(Client(home).get(f"/api/v1/services/{name}/events", params=params)["items"], output, EVENT_COLUMNS)
 
 
 instances = _group("instances", "Instances of services.")

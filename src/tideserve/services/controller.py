@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from tideserve.backends import builtin
 from tideserve.observability.engine_metrics import parse_engine_metrics
 from tideserve.platforms.local import Handle, Launch, LocalPlatform, free_port, log_tail
-from tideserve.services import placement, rollout
+from tideserve.services import events, placement, rollout
 from tideserve.services.fit import instance_resources
 from tideserve.services.modelref import ModelUnavailable, resolve_model_ref
 from tideserve.services.spec import parse_quantity
@@ -39,6 +40,7 @@ DRAIN_TIMEOUT = timedelta(minutes=2)  # in-flight requests get this long to fini
 STOP_GRACE = timedelta(seconds=30)  # after SIGTERM, before SIGKILL
 ENV_INSTANCE = "TIDESERVE_INSTANCE_ID"
 ENV_HOME = "TIDESERVE_HOME"
+LOG_TAIL = "; last log lines:\n"  # separates why an instance failed from its log in last_error
 
 
 def _now() -> datetime:
@@ -47,6 +49,25 @@ def _now() -> datetime:
 
 def _handle(inst: Instance) -> Handle:
     return Handle(inst.pid, inst.pid_started)
+
+
+def _instance_event(
+    s: Session, service: str, inst: Instance, reason: str, message: str, details: dict[str, Any] | None = None
+) -> None:
+    events.record(
+        s, service=service, instance=inst.id, kind="instance", reason=reason, message=message, details=details
+    )
+
+
+def _exit_details(code: int) -> dict[str, Any]:
+    """A negative code is the signal that ended our child. -1 is left unnamed: the platform also
+    reports it for a process it did not start (adopted after a restart), whose status it cannot know."""
+    if code < -1:
+        try:
+            return {"exitCode": code, "signal": signal.Signals(-code).name}
+        except ValueError:
+            pass
+    return {"exitCode": code}
 
 
 class Controller:
@@ -109,6 +130,9 @@ class Controller:
                     self._stop.wait(0.1)
                 self.platform.kill(h)
             for inst in instances:
+                svc = s.get(Service, inst.service_id)
+                if svc is not None:
+                    _instance_event(s, svc.name, inst, "InstanceStopped", "stopped: the platform shut down")
                 s.delete(inst)
 
     def sweep_orphans(self) -> None:
@@ -160,7 +184,8 @@ class Controller:
             elif isinstance(action, rollout.Restart):
                 self._launch(s, svc, by_id[action.id], now, restart=True)
             else:
-                self._drain(s, by_id[action.id], now)
+                inst = by_id[action.id]
+                self._drain(s, svc, inst, now, rollout.drain_cause(desired, inst.revision))
         observed = [rollout.Observed(i.id, i.revision, i.state, i.failures) for i in instances]
         status = rollout.service_status(desired, observed)
         if status == "Abnormal" or not message:
@@ -168,23 +193,46 @@ class Controller:
             message = failing[0].last_error if failing else message
         if svc.deleting and not any(i.state != rollout.STOPPED for i in instances):
             log.info("service %s deleted", svc.name)
+            events.record(
+                s, service=svc.name, reason="Deleted", message="every instance stopped: service removed"
+            )
             s.delete(svc)
             return
         if (svc.status, svc.message) != (status, message):
             log.info("service %s: %s %s", svc.name, status, message[:200])
+            if status != svc.status:
+                self._status_changed(s, svc, status, message)
             svc.status, svc.message = status, message
+
+    def _status_changed(self, s: Session, svc: Service, status: str, message: str) -> None:
+        if (svc.status, status) == ("Updating", "Running"):
+            events.record(
+                s,
+                service=svc.name,
+                reason="RolledOut",
+                message=f"rollout of revision {svc.revision} finished: every instance runs it",
+                details={"revision": svc.revision},
+            )
+        why = message.partition(LOG_TAIL)[0].partition("\n")[0]
+        events.record(
+            s,
+            service=svc.name,
+            reason="StatusChanged",
+            message=f"{svc.status} → {status}" + (f": {why}" if why else ""),
+            details={"from": svc.status, "to": status, "revision": svc.revision},
+        )
 
     def _observe(self, s: Session, svc: Service, inst: Instance, now: datetime) -> None:
         if inst.state in (rollout.STARTING, rollout.RUNNING, rollout.DRAINING) and inst.pid:
             code = self.platform.exit_code(_handle(inst))
             if code is not None:
                 if inst.state == rollout.DRAINING:
-                    self._forget(s, inst)
+                    self._forget(s, svc, inst, "stopped after draining", _exit_details(code))
                 else:
-                    self._failed(inst, now, f"engine exited with code {code}")
+                    self._failed(s, svc, inst, now, f"engine exited with code {code}", _exit_details(code))
                 return
         if inst.state == rollout.DRAINING:
-            self._observe_draining(s, inst, now)
+            self._observe_draining(s, svc, inst, now)
         elif inst.state in (rollout.STARTING, rollout.RUNNING):
             ready = self._probe(inst)
             if ready:
@@ -192,16 +240,32 @@ class Controller:
                 if inst.state == rollout.STARTING:
                     log.info("instance %s of %s is ready on port %d", inst.id, svc.name, inst.port)
                     inst.state, inst.ready_at, inst.failures, inst.last_error = rollout.RUNNING, now, 0, ""
+                    took = (now - (inst.started_at or now)).total_seconds()
+                    _instance_event(
+                        s,
+                        svc.name,
+                        inst,
+                        "InstanceReady",
+                        f"ready on port {inst.port}, {took:.1f} s after it started",
+                        {"port": inst.port, "secondsSinceStart": round(took, 1)},
+                    )
             elif inst.state == rollout.RUNNING:
                 inst.state, inst.ready_at = rollout.STARTING, None  # the gateway stops sending to it
                 self._unready_since[inst.id] = now
+                _instance_event(
+                    s,
+                    svc.name,
+                    inst,
+                    "InstanceUnready",
+                    "stopped answering /health: no traffic until it is ready",
+                )
             elif now - self._unready_since.get(inst.id, inst.started_at or now) > STARTUP_TIMEOUT:
                 self.platform.kill(_handle(inst))
-                self._failed(inst, now, f"not ready after {STARTUP_TIMEOUT.total_seconds():.0f} s")
+                self._failed(s, svc, inst, now, f"not ready after {STARTUP_TIMEOUT.total_seconds():.0f} s")
 
-    def _observe_draining(self, s: Session, inst: Instance, now: datetime) -> None:
+    def _observe_draining(self, s: Session, svc: Service, inst: Instance, now: datetime) -> None:
         if not inst.pid:
-            self._forget(s, inst)
+            self._forget(s, svc, inst, "stopped: it had no process")
             return
         if inst.stop_sent_at is None:
             timed_out = inst.drain_since is not None and now - inst.drain_since > DRAIN_TIMEOUT
@@ -234,18 +298,38 @@ class Controller:
         except httpx.HTTPError:
             return False
 
-    def _failed(self, inst: Instance, now: datetime, why: str) -> None:
+    def _failed(
+        self,
+        s: Session,
+        svc: Service,
+        inst: Instance,
+        now: datetime,
+        why: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         self._unready_since.pop(inst.id, None)
         inst.failures += 1
         tail = log_tail(inst.log_path, lines=15)
-        inst.last_error = f"{why}; last log lines:\n{tail}" if tail else why
+        inst.last_error = f"{why}{LOG_TAIL}{tail}" if tail else why
         inst.state = rollout.FAILED
-        inst.retry_at = now + rollout.backoff(inst.failures)
+        wait = rollout.backoff(inst.failures)
+        inst.retry_at = now + wait
         log.warning("instance %s failed (%d in a row): %s", inst.id, inst.failures, why)
+        _instance_event(
+            s,
+            svc.name,
+            inst,
+            "InstanceFailed",
+            f"{why} ({inst.failures} in a row): restart in {wait.total_seconds():.0f} s",
+            {**(details or {}), "failures": inst.failures, "retryInSeconds": wait.total_seconds()},
+        )
 
-    def _forget(self, s: Session, inst: Instance) -> None:
+    def _forget(
+        self, s: Session, svc: Service, inst: Instance, why: str, details: dict[str, Any] | None = None
+    ) -> None:
         self._unready_since.pop(inst.id, None)
         inst.state = rollout.STOPPED
+        _instance_event(s, svc.name, inst, "InstanceStopped", why, details)
         s.delete(inst)
 
     # --- actions ----------------------------------------------------------------------------
@@ -297,7 +381,7 @@ class Controller:
         spec = self._revision_body(s, svc, inst.revision)
         if spec is None:
             inst.pid = 0
-            self._failed(inst, now, f"revision {inst.revision} of service {svc.name} does not exist")
+            self._failed(s, svc, inst, now, f"revision {inst.revision} of service {svc.name} does not exist")
             return
         taken = set(s.scalars(select(Instance.port).where(Instance.id != inst.id)))
         inst.port = free_port(taken, base=int(spec.get("access", {}).get("targetPort", 60000)))
@@ -309,7 +393,7 @@ class Controller:
             model_ref = resolve_model_ref(s, spec["model"])
         except ModelUnavailable as e:
             inst.pid = 0
-            self._failed(inst, now, str(e))
+            self._failed(s, svc, inst, now, str(e))
             return
         env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
         env[ENV_INSTANCE], env[ENV_HOME] = inst.id, str(self.home)
@@ -320,13 +404,30 @@ class Controller:
         handle = self.platform.start(Launch(argv, env, Path(inst.log_path)))
         inst.pid, inst.pid_started, inst.state = handle.pid, handle.started, rollout.STARTING
         log.info("instance %s of %s starting: pid %d port %d", inst.id, svc.name, inst.pid, inst.port)
+        # Only here, where a process is launched: re-adopting one after a restart records nothing.
+        what = f"restarted (restart {inst.restarts})" if restart else "starting"
+        _instance_event(
+            s,
+            svc.name,
+            inst,
+            "InstanceRestarted" if restart else "InstanceStarted",
+            f"{what}: revision {inst.revision}, pid {inst.pid}, port {inst.port}",
+            {"revision": inst.revision, "pid": inst.pid, "port": inst.port, "restarts": inst.restarts},
+        )
 
-    def _drain(self, s: Session, inst: Instance, now: datetime) -> None:
+    def _drain(self, s: Session, svc: Service, inst: Instance, now: datetime, cause: str) -> None:
         if not inst.pid or inst.state == rollout.FAILED:
-            self._forget(s, inst)
+            self._forget(s, svc, inst, f"stopped ({cause}): it was {inst.state}, with nothing to drain")
             return
         log.info("instance %s draining", inst.id)
         inst.state, inst.drain_since = rollout.DRAINING, now
+        _instance_event(
+            s,
+            svc.name,
+            inst,
+            "InstanceDraining",
+            f"draining ({cause}): in-flight requests finish, then it stops",
+        )
 
     def _capacities(self, s: Session, group: ResourceGroup) -> list[placement.NodeCapacity]:
         out = []

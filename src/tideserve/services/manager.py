@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from tideserve.catalog.plaza import get_card
 from tideserve.errors import ApiError, conflict, invalid, not_found
+from tideserve.services import events
 from tideserve.services import spec as specs
 from tideserve.services.fit import FitReport, fit_report
 from tideserve.store.models import Cluster, CustomModel, ResourceGroup, Revision, Service
@@ -175,6 +176,14 @@ def create(s: Session, body: Any) -> Service:
     s.add(svc)
     s.flush()
     s.add(Revision(service_id=svc.id, number=1, hash=specs.revision_hash(p.spec), spec=p.document))
+    body = p.document["spec"]
+    events.record(
+        s,
+        service=name,
+        reason="Created",
+        message=f"created with model {body['model']}, {body['replicas']} replica(s): revision 1",
+        details={"revision": 1, "replicas": body["replicas"]},
+    )
     return svc
 
 
@@ -198,15 +207,43 @@ def update(s: Session, name: str, body: Any, *, restart: bool = False) -> tuple[
     _check_canary(p, name, existing, svc.revision + 1 if rolls else svc.revision, rolls)
     # Per instance, so a canary's stable instances (already running or brought back) need no extra check.
     _check_fit(p)
+    if not rolls and p.document == svc.spec:
+        return svc, "unchanged"
+    _record_update(s, svc, p.document, rolls, restart)
     if not rolls:
-        if p.document == svc.spec:
-            return svc, "unchanged"
         svc.spec, svc.updated_at = p.document, datetime.now(UTC)
         return svc, "updated"
     svc.revision += 1
     svc.spec, svc.updated_at = p.document, datetime.now(UTC)
     s.add(Revision(service_id=svc.id, number=svc.revision, hash=new_hash, spec=p.document))
     return svc, "rolled out"
+
+
+def _record_update(s: Session, svc: Service, doc: dict[str, Any], rolls: bool, restart: bool) -> None:
+    """Events for an accepted update of `svc` (still holding the old spec) to `doc`."""
+    before, after = svc.spec["spec"]["replicas"], doc["spec"]["replicas"]
+    if before != after:
+        events.record(
+            s,
+            service=svc.name,
+            reason="Scaled",
+            message=f"replicas {before} → {after}",
+            details={"from": before, "to": after},
+        )
+    new = svc.revision + 1 if rolls else svc.revision
+    if restart:
+        reason, message = "Restarted", f"restart requested: revision {new} replaces every instance"
+    elif rolls:
+        reason, message = "Updated", f"spec changed: rolling out revision {new}"
+    elif _but_replicas(doc) != _but_replicas(svc.spec):
+        reason, message = "Updated", f"spec changed in place (revision {new}): no instance restarts"
+    else:
+        return  # only the replica count changed: Scaled says it all
+    events.record(s, service=svc.name, reason=reason, message=message, details={"revision": new})
+
+
+def _but_replicas(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**doc, "spec": {**doc["spec"], "replicas": None}}
 
 
 def apply(s: Session, body: Any, name: str | None = None) -> tuple[Service, str]:
@@ -233,6 +270,12 @@ def restart(s: Session, name: str) -> Service:
 def delete(s: Session, name: str) -> Service:
     svc = _get(s, name)
     svc.deleting, svc.status, svc.updated_at = True, "Deleting", datetime.now(UTC)
+    events.record(
+        s,
+        service=name,
+        reason="Deleting",
+        message="delete requested: routing stops, in-flight requests finish, then instances stop",
+    )
     return svc
 
 

@@ -150,6 +150,15 @@ def plan(desired: Desired, instances: list[Observed], now: datetime) -> list[Act
     return actions
 
 
+def drain_cause(desired: Desired, revision: int) -> str:
+    """Why plan() drains an instance of `revision`, in words for the service's events."""
+    if desired.deleting:
+        return "the service is being deleted"
+    if revision in (desired.revision, desired.kept):
+        return "scaled down"
+    return f"replaced by revision {desired.revision}"
+
+
 def service_status(desired: Desired, instances: list[Observed]) -> str:
     live = [i for i in instances if i.state != STOPPED]
     if desired.deleting:

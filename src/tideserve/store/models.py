@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -167,3 +168,20 @@ class ApiKey(Base):
     requests_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class Event(Base):
+    """One line of a service's audit trail: what happened and why. It names its service instead of
+    referencing the row, so the trail outlives a delete and still says how the service went."""
+
+    __tablename__ = "events"
+    # (service, at) serves the listing (newest first, since a time) and the trim in services.events.
+    __table_args__ = (Index("ix_events_service_at", "service", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="service")  # service | instance
+    service: Mapped[str | None] = mapped_column(String(63), default=None)
+    instance: Mapped[str | None] = mapped_column(String(32), default=None)
+    reason: Mapped[str] = mapped_column(String(32))  # CamelCase: Created, Scaled, InstanceFailed ...
+    message: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
