@@ -23,7 +23,7 @@ def tsdb():
 
 
 def test_service_view(tsdb):
-    v = views.service_view(tsdb, "chat", NOW - 300, NOW, NOW)
+    v = views.service_view(tsdb, "chat", NOW - 300, NOW)
     assert v["current"]["ttft_p50"] == pytest.approx(0.22)
     assert v["current"]["ttft_p99"] == 0.5
     assert v["current"]["running"] is None  # older than FRESH_S: not "current"
@@ -34,7 +34,7 @@ def test_service_view(tsdb):
 
 
 def test_cluster_view_water_levels(tsdb):
-    v = views.cluster_view(tsdb, "local", NOW - 300, NOW, NOW)
+    v = views.cluster_view(tsdb, "local", NOW - 300, NOW)
     assert v["water_levels"]["cpu_allocated"] == 0.75
     assert v["water_levels"]["memory_used"] is None  # not measured
 

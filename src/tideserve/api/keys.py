@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from tideserve.api.auth import create_key, expired, revoke
 from tideserve.api.deps import Admin, Ctx
+from tideserve.durations import duration_seconds
 from tideserve.errors import conflict, invalid, not_found
 from tideserve.store.models import ApiKey
 
@@ -22,8 +23,6 @@ router = APIRouter(prefix="/api/v1/keys", dependencies=[Admin], tags=["keys"])
 # The service name rule of services.spec (a DNS label). A key may name a service that does not exist
 # yet, so only the form is checked.
 _SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_DURATION = re.compile(r"([0-9]{1,10})([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Far enough for any real key; bounded so `now + duration` cannot overflow a datetime.
 MAX_LIFETIME = timedelta(days=3650)
 _INT32_MAX = 2**31 - 1  # the limits are INTEGER columns on PostgreSQL
@@ -31,10 +30,9 @@ _INT32_MAX = 2**31 - 1  # the limits are INTEGER columns on PostgreSQL
 
 def parse_duration(text: str) -> timedelta:
     """'30d', '12h', '90m', '3600s' -> a timedelta; ValueError naming the fix otherwise."""
-    m = _DURATION.fullmatch(text.strip())
-    if m is None:
+    seconds = duration_seconds(text)
+    if seconds is None:
         raise ValueError(f"{text!r} is not a duration: write a whole number and s, m, h or d, e.g. '30d'")
-    seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     if seconds < 1:
         raise ValueError(f"{text!r} is zero: a key must live at least '1s'")
     if seconds > MAX_LIFETIME.total_seconds():

@@ -3,30 +3,27 @@ overview behind `tideserve top`."""
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from tideserve.api.deps import Admin, Ctx
-from tideserve.errors import invalid, not_found
+from tideserve.api.resources import find_cluster, find_node
+from tideserve.durations import duration_seconds
+from tideserve.errors import invalid
 from tideserve.observability import views
 from tideserve.services import manager
-from tideserve.store.models import Cluster, Node
 
 router = APIRouter(prefix="/api/v1", dependencies=[Admin], tags=["monitoring"])
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 30 * 86400
 
 
 def window_seconds(text: str) -> float:
     """'15m', '6h', '7d' -> seconds; a 422 naming the parameter otherwise."""
-    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    seconds = int(m.group(1)) * UNITS[m.group(2)] if m else 0
-    if not 60 <= seconds <= MAX_WINDOW_S:
+    seconds = duration_seconds(text)
+    if seconds is None or not 60 <= seconds <= MAX_WINDOW_S:
         message = f"window: {text!r} is not a duration from 1m to 30d; use e.g. 15m, 6h or 7d"
         raise invalid(message, [{"loc": "window", "msg": message}])
     return float(seconds)
@@ -35,35 +32,33 @@ def window_seconds(text: str) -> float:
 Window = Query("1h", description="how far back the series go: 15m, 6h, 7d (1m to 30d)")
 
 
-def _span(window: str) -> tuple[float, float, float]:
+def _span(window: str) -> tuple[float, float]:
     now = time.time()
-    return now - window_seconds(window), now, now
+    return now - window_seconds(window), now
 
 
 @router.get("/services/{name}/metrics")
 def service_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
-    start, end, now = _span(window)
+    start, now = _span(window)
     with ctx.store.session() as s:
         manager.get(s, name)  # 404 for an unknown service
-    return views.service_view(ctx.tsdb, name, start, end, now)
+    return views.service_view(ctx.tsdb, name, start, now)
 
 
 @router.get("/nodes/{name}/metrics")
 def node_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
-    start, end, now = _span(window)
+    start, now = _span(window)
     with ctx.store.session() as s:
-        if s.scalar(select(Node.id).where(Node.name == name)) is None:
-            raise not_found("node", name, "list them with GET /api/v1/nodes")
-    return views.node_view(ctx.tsdb, name, start, end, now)
+        find_node(s, name)  # 404 for an unknown node
+    return views.node_view(ctx.tsdb, name, start, now)
 
 
 @router.get("/clusters/{name}/metrics")
 def cluster_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
-    start, end, now = _span(window)
+    start, now = _span(window)
     with ctx.store.session() as s:
-        if s.scalar(select(Cluster.id).where(Cluster.name == name)) is None:
-            raise not_found("cluster", name, "list them with GET /api/v1/clusters")
-    return views.cluster_view(ctx.tsdb, name, start, end, now)
+        find_cluster(s, name)  # 404 for an unknown cluster
+    return views.cluster_view(ctx.tsdb, name, start, now)
 
 
 @router.get("/monitoring/overview")

@@ -61,7 +61,7 @@ class NodeRef(BaseModel):
     node: str
 
 
-def _cluster(s: Session, name: str) -> Cluster:
+def find_cluster(s: Session, name: str) -> Cluster:
     c = s.scalar(select(Cluster).where(Cluster.name == name))
     if c is None:
         raise not_found("cluster", name, "list clusters with GET /api/v1/clusters")
@@ -69,14 +69,14 @@ def _cluster(s: Session, name: str) -> Cluster:
 
 
 def _group(s: Session, cluster: str, name: str) -> ResourceGroup:
-    c = _cluster(s, cluster)
+    c = find_cluster(s, cluster)
     g = s.scalar(select(ResourceGroup).where(ResourceGroup.cluster_id == c.id, ResourceGroup.name == name))
     if g is None:
         raise not_found("resource group", f"{cluster}/{name}")
     return g
 
 
-def _node(s: Session, name: str) -> Node:
+def find_node(s: Session, name: str) -> Node:
     n = s.scalar(select(Node).where(Node.name == name))
     if n is None:
         raise not_found("node", name, "list nodes with GET /api/v1/nodes")
@@ -163,14 +163,14 @@ def create_cluster(ctx: Ctx, body: ClusterIn) -> dict[str, Any]:
 @router.get("/clusters/{name}")
 def get_cluster(ctx: Ctx, name: str) -> dict[str, Any]:
     with ctx.store.session() as s:
-        c = _cluster(s, name)
+        c = find_cluster(s, name)
         return {**cluster_view(s, c), "resourceGroups": [group_view(s, g) for g in c.groups]}
 
 
 @router.delete("/clusters/{name}", status_code=204)
 def delete_cluster(ctx: Ctx, name: str) -> None:
     with ctx.store.session() as s:
-        c = _cluster(s, name)
+        c = find_cluster(s, name)
         if c.groups:
             groups = ", ".join(g.name for g in c.groups)
             raise conflict(f"cluster {name!r} still has resource groups ({groups}): delete them first")
@@ -183,13 +183,13 @@ def delete_cluster(ctx: Ctx, name: str) -> None:
 @router.get("/clusters/{cluster}/groups")
 def list_groups(ctx: Ctx, cluster: str) -> list[dict[str, Any]]:
     with ctx.store.session() as s:
-        return [group_view(s, g) for g in _cluster(s, cluster).groups]
+        return [group_view(s, g) for g in find_cluster(s, cluster).groups]
 
 
 @router.post("/clusters/{cluster}/groups", status_code=201)
 def create_group(ctx: Ctx, cluster: str, body: GroupIn) -> dict[str, Any]:
     with ctx.store.session() as s:
-        c = _cluster(s, cluster)
+        c = find_cluster(s, cluster)
         if any(g.name == body.name for g in c.groups):
             raise conflict(f"resource group {cluster}/{body.name} already exists: pick another name")
         g = ResourceGroup(cluster=c, name=body.name, description=body.description)
@@ -224,7 +224,7 @@ def delete_group(ctx: Ctx, cluster: str, name: str) -> None:
 def add_node(ctx: Ctx, cluster: str, name: str, body: NodeRef) -> dict[str, Any]:
     with ctx.store.session() as s:
         g = _group(s, cluster, name)
-        n = _node(s, body.node)
+        n = find_node(s, body.node)
         if n.group is not None:
             where = f"{n.group.cluster.name}/{n.group.name}"
             if n.group.cluster_id != g.cluster_id:
@@ -243,7 +243,7 @@ def add_node(ctx: Ctx, cluster: str, name: str, body: NodeRef) -> dict[str, Any]
 def remove_node(ctx: Ctx, cluster: str, name: str, node: str) -> None:
     with ctx.store.session() as s:
         g = _group(s, cluster, name)
-        n = _node(s, node)
+        n = find_node(s, node)
         if n.group_id != g.id:
             raise not_found("node", node, f"it is not in resource group {cluster}/{name}")
         running = s.scalars(select(Instance).where(Instance.node_id == n.id)).all()
@@ -290,13 +290,13 @@ def register_node(ctx: Ctx, body: Annotated[NodeIn, Body()]) -> dict[str, Any]:
 @router.get("/nodes/{name}")
 def get_node(ctx: Ctx, name: str) -> dict[str, Any]:
     with ctx.store.session() as s:
-        return node_view(s, _node(s, name))
+        return node_view(s, find_node(s, name))
 
 
 @router.delete("/nodes/{name}", status_code=204)
 def delete_node(ctx: Ctx, name: str) -> None:
     with ctx.store.session() as s:
-        n = _node(s, name)
+        n = find_node(s, name)
         if n.group is not None:
             raise conflict(
                 f"node {name!r} is in resource group {n.group.cluster.name}/{n.group.name}: remove it first"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from tideserve.cli.gateway import gateway
 from tideserve.cli.output import Format, emit, gib
 from tideserve.cli.top import top
 from tideserve.cli.up import down, up
+from tideserve.durations import duration_seconds
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -404,16 +404,13 @@ EVENT_COLUMNS = [
     ("instance", lambda e: e["instance"] or ""),
     ("message", lambda e: e["message"].split("\n")[0]),
 ]
-_AGO = re.compile(r"([0-9]{1,9})([smhd])")
-_AGO_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def since_time(text: str) -> str:
     """--since for the API: a time ago ('30m', '1h', '2d') or an ISO time, local when it has no zone."""
     try:
-        if m := _AGO.fullmatch(text.strip()):
-            ago = timedelta(seconds=int(m.group(1)) * _AGO_SECONDS[m.group(2)])
-            return (datetime.now(UTC) - ago).isoformat()
+        if (seconds := duration_seconds(text)) is not None:
+            return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
         when = datetime.fromisoformat(text.strip())
         return (when if when.tzinfo else when.astimezone()).isoformat()
     except (ValueError, OverflowError):

@@ -354,8 +354,8 @@ def prefix_aware(
         score = gain - LOAD_WEIGHT * load / (max_load + 1) - OVER_WEIGHT * over - TIE_WEIGHT * share
         scored.append((ep, score))
     if not scored:
-        # Every share counts this request, so with a short, even history all can sit past the cap;
-        # the endpoint with the least recent traffic is then still within its share.
+        # Every share counts this request, so a short, even history can put all of them past the cap
+        # (8+ endpoints at SHARE_MIN_REQUESTS each); the lightest then takes it, the cap being moot.
         lightest = min(zip(candidates, recent, strict=True), key=lambda pair: pair[1] / pair[0].weight)[0]
         return lightest.id
     return select_best(scored, rng)

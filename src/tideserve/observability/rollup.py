@@ -121,7 +121,9 @@ def _put(points: list[Point], name: str, labels: dict[str, str], value: float | 
         points.append((name, labels, float(value)))
 
 
-def instance_points(t: Target, cur: Reading, d: InstanceDelta, gpus: Mapping[int, GpuReading]) -> list[Point]:
+def instance_points(
+    t: Target, cur: Reading, d: InstanceDelta, gpus: Mapping[tuple[str, int], GpuReading]
+) -> list[Point]:
     labels = _labels(t)
     points: list[Point] = []
     _put(points, "tideserve_instance_up", labels, 1.0 if cur.sample is not None else 0.0)
@@ -141,11 +143,16 @@ def instance_points(t: Target, cur: Reading, d: InstanceDelta, gpus: Mapping[int
     )
     _put(points, "tideserve_instance_cpu_cores", labels, d.cpu_cores)
     _put(points, "tideserve_instance_memory_bytes", labels, cur.rss)
-    own = [gpus[i] for i in t.gpus if i in gpus]
+    own = _own_gpus([t], gpus)
     if own:
         _put(points, "tideserve_instance_gpu_utilization_ratio", labels, _mean(g.utilization for g in own))
         _put(points, "tideserve_instance_gpu_memory_bytes", labels, sum(g.memory_used for g in own))
     return points
+
+
+def _own_gpus(targets: Iterable[Target], gpus: Mapping[tuple[str, int], GpuReading]) -> list[GpuReading]:
+    """Readings of the GPUs the instances were given, by (node, index)."""
+    return [gpus[(t.node, i)] for t in targets for i in t.gpus if (t.node, i) in gpus]
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -221,7 +228,7 @@ def service_points(
             )
     _put(points, "tideserve_service_cpu_cores_per_instance", labels, _mean(d.cpu_cores for d in deltas))
     _put(points, "tideserve_service_memory_bytes_per_instance", labels, _mean(r.rss for _, r, _ in members))
-    own = [gpus[(t.node, i)] for t, _, _ in members for i in t.gpus if (t.node, i) in gpus]
+    own = _own_gpus([t for t, _, _ in members], gpus)
     if own:
         _put(points, "tideserve_service_gpu_utilization_ratio", labels, _mean(g.utilization for g in own))
     if gateway is not None:
@@ -314,8 +321,7 @@ def rollup(
         if cur is None:
             continue
         d = instance_delta(cur, previous.get(t.instance))
-        node_gpus = {i: g for (n, i), g in gpus.items() if n == t.node}
-        points += instance_points(t, cur, d, node_gpus)
+        points += instance_points(t, cur, d, gpus)
         by_service[t.service].append((t, cur, d))
     for service in sorted({t.service for t in targets} | set(gateway)):
         points += service_points(service, by_service.get(service, []), gpus, gateway.get(service))

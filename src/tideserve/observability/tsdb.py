@@ -199,29 +199,14 @@ class TimeSeriesStore:
         cutoff = now - max(t.step_s * t.slots for t in self.tiers)
         return self._forget(lambda s: s.last_t < cutoff)
 
-    @_locked
     def save(self, path: Path) -> None:
-        """Atomic: a reader sees the old file or the new one, never a mix, even after a crash."""
-        series = [(name, s) for name, by_key in self._series.items() for s in by_key.values()]
-        header = json.dumps(
-            {
-                "tiers": [[t.step_s, t.slots] for t in self.tiers],
-                "byteorder": sys.byteorder,
-                "series": [[n, s.labels, s.last_t, s.last_v, s.newest, s.sums, s.counts] for n, s in series],
-            }
-        ).encode()
-        crc = zlib.crc32(header)
-        for _, s in series:
-            for ring in s.rings:
-                crc = zlib.crc32(ring, crc)
+        """Atomic: a reader sees the old file or the new one, never a mix, even after a crash. The lock
+        is held while the snapshot goes into the page cache, not while it is synced to disk."""
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(_HEAD.pack(_MAGIC, _VERSION, len(header), crc))
-                f.write(header)
-                for _, s in series:
-                    for ring in s.rings:
-                        ring.tofile(f)
+                with self._lock:
+                    self._write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -235,6 +220,25 @@ class TimeSeriesStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _write(self, f: BinaryIO) -> None:
+        series = [(name, s) for name, by_key in self._series.items() for s in by_key.values()]
+        header = json.dumps(
+            {
+                "tiers": [[t.step_s, t.slots] for t in self.tiers],
+                "byteorder": sys.byteorder,
+                "series": [[n, s.labels, s.last_t, s.last_v, s.newest, s.sums, s.counts] for n, s in series],
+            }
+        ).encode()
+        crc = zlib.crc32(header)
+        for _, s in series:
+            for ring in s.rings:
+                crc = zlib.crc32(ring, crc)
+        f.write(_HEAD.pack(_MAGIC, _VERSION, len(header), crc))
+        f.write(header)
+        for _, s in series:
+            for ring in s.rings:
+                ring.tofile(f)
 
     @classmethod
     def load(

@@ -155,22 +155,22 @@ def by_label(
     return members
 
 
-def service_view(src: MetricSource, service: str, start: float, end: float, now: float) -> dict[str, Any]:
+def service_view(src: MetricSource, service: str, start: float, now: float) -> dict[str, Any]:
     match = {"service": service}
     return {
         "service": service,
         "current": current(src, SERVICE, match, now),
-        "series": series(src, SERVICE, match, start, end),
+        "series": series(src, SERVICE, match, start, now),
         "instances": by_label(src, INSTANCE, match, "instance", now),
     }
 
 
-def node_view(src: MetricSource, node: str, start: float, end: float, now: float) -> dict[str, Any]:
+def node_view(src: MetricSource, node: str, start: float, now: float) -> dict[str, Any]:
     match = {"node": node}
     return {
         "node": node,
         "current": current(src, NODE, match, now),
-        "series": series(src, NODE, match, start, end),
+        "series": series(src, NODE, match, start, now),
         "gpus": by_label(src, GPU, match, "gpu", now),
         "instances": by_label(src, INSTANCE, match, "instance", now),
     }
@@ -184,14 +184,14 @@ def water_levels(figures: Mapping[str, float | None]) -> dict[str, float | None]
     return levels
 
 
-def cluster_view(src: MetricSource, cluster: str, start: float, end: float, now: float) -> dict[str, Any]:
+def cluster_view(src: MetricSource, cluster: str, start: float, now: float) -> dict[str, Any]:
     match = {"cluster": cluster}
     figures = current(src, CLUSTER, match, now)
     return {
         "cluster": cluster,
         "current": figures,
         "water_levels": water_levels(figures),
-        "series": series(src, CLUSTER, match, start, end),
+        "series": series(src, CLUSTER, match, start, now),
     }
 
 
