@@ -161,6 +161,21 @@ def test_instance_delta_without_history_or_going_back_in_time():
 
 
 @pytest.mark.parametrize(
+    ("serving", "want_requests_per_s", "want_gen_per_s"),
+    [
+        (False, 1.1, 30.0),  # seen while starting: every count since is new
+        (True, None, None),  # seen serving but not scraped (a failed scrape): no baseline
+    ],
+)
+def test_instance_delta_after_a_reading_without_metrics(serving, want_requests_per_s, want_gen_per_s):
+    prev = Reading(100.0, None, 10.0, 100, serving=serving)
+    d = instance_delta(CUR["a"], prev)
+    assert d.requests_per_s == pytest.approx(want_requests_per_s)
+    assert d.generation_tokens_per_s == pytest.approx(want_gen_per_s)
+    assert (d.histograms.get("ttft") == CUR["a"].sample.histograms["ttft"]) is (not serving)
+
+
+@pytest.mark.parametrize(
     ("prev", "cur", "want"),
     [
         (None, {("chat", "200"): 5.0}, {}),

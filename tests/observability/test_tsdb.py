@@ -1,6 +1,7 @@
 import logging
 import math
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,15 @@ def ramp(n: int = 1000) -> TimeSeriesStore:
     return store
 
 
-def test_tier0_overwrites_within_a_slot():
+def test_tier0_averages_its_newest_slot():
     store = TimeSeriesStore(TIERS)
     store.add("m", A, 0.0, 1.0)
     store.add("m", A, 0.5, 2.0)
     store.add("m", A, 3.0, 4.0)
-    store.add("m", A, 0.2, 8.0)  # an older slot still in the ring: last write wins there too
+    store.add("m", A, 0.2, 8.0)  # a late point for an older slot still in the ring: it replaces it
     assert points(store, "m", 0, 9) == [[(0, 8.0), (3, 4.0)]]
+    store.add("m", A, 3.5, 0.0)  # a one-round spike stays visible as its share of the slot
+    assert points(store, "m", 0, 9) == [[(0, 8.0), (3, 2.0)]]
 
 
 def test_coarser_tier_averages_its_slot():
@@ -265,3 +268,28 @@ def test_tier_mismatch_loads_empty(tmp_path: Path, caplog):
     assert store.series_count() == 0
     assert len(caplog.records) == 1
     assert str(path) in caplog.records[0].getMessage()
+
+
+def test_a_reader_never_sees_half_a_round():
+    """The collector writes a round while API handlers read; figures of one round appear together."""
+    store = TimeSeriesStore()
+    names = [f"figure_{i}" for i in range(50)]
+    stop = threading.Event()
+    torn: list[int] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            with store.snapshot():
+                seen = {len(store.latest(n, {}, max_age_s=1e9, now=1e6)) for n in names}
+            if len(seen) > 1:
+                torn.append(1)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for t in range(1, 200):
+            store.add_round(float(t), [(f"{n}", {"instance": str(t)}, 1.0) for n in names])
+    finally:
+        stop.set()
+        reader.join()
+    assert not torn

@@ -184,14 +184,14 @@ class Collector:
                 except ValueError:
                     log.warning("instance %s: /metrics is not Prometheus text", t.instance)
             cpu, rss = self._process_stats(handles.get(t.instance))
-            if sample is not None or cpu is not None:
-                readings[t.instance] = Reading(now, sample, cpu, rss)
+            serving = t.state in SCRAPED_STATES
+            if sample is not None or cpu is not None or not serving:
+                readings[t.instance] = Reading(now, sample, cpu, rss, serving)
         node_readings = {self.local_node: self._read_node()}
         points = rollup.rollup(
             targets, readings, self._previous, nodes, node_readings, self._gateway_counts(now)
         )
-        for name, labels, value in points:
-            self.tsdb.add(name, labels, now, value)
+        self.tsdb.add_round(now, points)
         self._previous = readings
         if now - self._pruned_at >= PRUNE_EVERY_S:
             self.tsdb.prune(now)

@@ -50,6 +50,7 @@ class Reading:
     sample: EngineSample | None = None
     cpu_seconds: float | None = None
     rss: int | None = None
+    serving: bool = True  # False while Pending/Starting: the engine has counted nothing yet
 
 
 @dataclass(frozen=True)
@@ -90,17 +91,26 @@ def instance_delta(cur: Reading, prev: Reading | None) -> InstanceDelta:
     dt = cur.at - prev.at
     if cur.cpu_seconds is not None and prev.cpu_seconds is not None:
         d.cpu_cores = max(0.0, cur.cpu_seconds - prev.cpu_seconds) / dt
-    if cur.sample is None or prev.sample is None:
+    if cur.sample is None:
         return d
-    c, p = cur.sample.counters, prev.sample.counters
+    # An instance last seen before it served started its counters at zero since: all it holds now
+    # is new. Without this, the requests of an instance's first seconds would never be counted.
+    from_zero = prev.sample is None and not prev.serving
+    if prev.sample is None and not from_zero:
+        return d
+    c, p = cur.sample.counters, prev.sample.counters if prev.sample else {}
+
+    def grown(key: str) -> float:
+        return c.get(key, 0.0) if from_zero else counter_delta(p.get(key), c.get(key, 0.0))
+
     if "prompt_tokens" in c:
-        d.prompt_tokens_per_s = counter_delta(p.get("prompt_tokens"), c["prompt_tokens"]) / dt
+        d.prompt_tokens_per_s = grown("prompt_tokens") / dt
     if "generation_tokens" in c:
-        d.generation_tokens_per_s = counter_delta(p.get("generation_tokens"), c["generation_tokens"]) / dt
-    d.prefix_queries = counter_delta(p.get("prefix_queries"), c.get("prefix_queries", 0.0))
-    d.prefix_hits = counter_delta(p.get("prefix_hits"), c.get("prefix_hits", 0.0))
+        d.generation_tokens_per_s = grown("generation_tokens") / dt
+    d.prefix_queries = grown("prefix_queries")
+    d.prefix_hits = grown("prefix_hits")
     for key, h in cur.sample.histograms.items():
-        delta = histogram_delta(prev.sample.histograms.get(key), h)
+        delta = h if from_zero else histogram_delta(prev.sample.histograms.get(key), h)  # type: ignore[union-attr]
         if delta is not None:
             d.histograms[key] = delta
     if "e2e" in d.histograms:  # one e2e observation per finished request

@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
@@ -63,7 +63,7 @@ class _Series:
     labels: dict[str, str]
     rings: list[array[float]]  # one per tier
     newest: list[int]  # newest slot index written, per tier
-    sums: list[float]  # running sum and count of the newest slot, per tier (tier 0 overwrites instead)
+    sums: list[float]  # running sum and count of the newest slot, per tier: a slot holds its mean
     counts: list[int]
     last_t: float = -math.inf  # newest point, for latest() and prune()
     last_v: float = math.nan
@@ -86,7 +86,8 @@ class TimeSeriesStore:
     """Thread-safe: the collector writes from a worker thread while API handlers and `/metrics` read."""
 
     def __init__(self, tiers: Sequence[Tier] = DEFAULT_TIERS, max_series: int = 200_000) -> None:
-        """Tiers go from finest to coarsest; tier 0 is the one that overwrites."""
+        """Tiers go from finest to coarsest. Every slot holds the mean of what fell in it, so a collector
+        faster than tier 0's step still shows a one-round spike (as its share of the slot)."""
         if not tiers or any(t.step_s <= 0 or t.slots <= 0 for t in tiers):
             raise ValueError(f"tiers need a positive step and slot count: {tiers!r}")
         self.tiers = tuple(tiers)
@@ -118,12 +119,23 @@ class TimeSeriesStore:
                     self._clear(i, ring, newest + 1, idx - 1)
                 s.newest[i], s.sums[i], s.counts[i] = idx, value, 1
                 ring[idx % slots] = value
-            elif idx == newest and i > 0:
+            elif idx == newest:
                 s.sums[i] += value
                 s.counts[i] += 1
                 ring[idx % slots] = s.sums[i] / s.counts[i]
-            elif i == 0 and idx > newest - slots:
+            elif i == 0 and idx > newest - slots:  # a late point for an older, still-kept slot
                 ring[idx % slots] = value
+
+    def snapshot(self) -> threading.RLock:
+        """Hold while reading several figures that must come from the same rounds."""
+        return self._lock
+
+    @_locked
+    def add_round(self, t: float, points: Iterable[tuple[str, Mapping[str, str], float]]) -> None:
+        """All of one collection round at once, so a reader never sees half a round (a fresh p50
+        beside a missing p99)."""
+        for name, labels, value in points:
+            self.add(name, labels, t, value)
 
     @_locked
     def latest(

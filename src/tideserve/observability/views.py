@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 # A figure older than this is not "current": its instance is gone or no longer scraped.
@@ -17,6 +18,10 @@ MAX_POINTS = 720  # per series in a response: enough for a chart, small enough f
 
 
 class MetricSource(Protocol):
+    def snapshot(self) -> AbstractContextManager[object]:
+        """Held while one view is read, so its figures come from the same collection rounds."""
+        ...
+
     def latest(
         self,
         name: str,
@@ -156,24 +161,26 @@ def by_label(
 
 
 def service_view(src: MetricSource, service: str, start: float, now: float) -> dict[str, Any]:
-    match = {"service": service}
-    return {
-        "service": service,
-        "current": current(src, SERVICE, match, now),
-        "series": series(src, SERVICE, match, start, now),
-        "instances": by_label(src, INSTANCE, match, "instance", now),
-    }
+    with src.snapshot():
+        match = {"service": service}
+        return {
+            "service": service,
+            "current": current(src, SERVICE, match, now),
+            "series": series(src, SERVICE, match, start, now),
+            "instances": by_label(src, INSTANCE, match, "instance", now),
+        }
 
 
 def node_view(src: MetricSource, node: str, start: float, now: float) -> dict[str, Any]:
-    match = {"node": node}
-    return {
-        "node": node,
-        "current": current(src, NODE, match, now),
-        "series": series(src, NODE, match, start, now),
-        "gpus": by_label(src, GPU, match, "gpu", now),
-        "instances": by_label(src, INSTANCE, match, "instance", now),
-    }
+    with src.snapshot():
+        match = {"node": node}
+        return {
+            "node": node,
+            "current": current(src, NODE, match, now),
+            "series": series(src, NODE, match, start, now),
+            "gpus": by_label(src, GPU, match, "gpu", now),
+            "instances": by_label(src, INSTANCE, match, "instance", now),
+        }
 
 
 def water_levels(figures: Mapping[str, float | None]) -> dict[str, float | None]:
@@ -185,23 +192,25 @@ def water_levels(figures: Mapping[str, float | None]) -> dict[str, float | None]
 
 
 def cluster_view(src: MetricSource, cluster: str, start: float, now: float) -> dict[str, Any]:
-    match = {"cluster": cluster}
-    figures = current(src, CLUSTER, match, now)
-    return {
-        "cluster": cluster,
-        "current": figures,
-        "water_levels": water_levels(figures),
-        "series": series(src, CLUSTER, match, start, now),
-    }
+    with src.snapshot():
+        match = {"cluster": cluster}
+        figures = current(src, CLUSTER, match, now)
+        return {
+            "cluster": cluster,
+            "current": figures,
+            "water_levels": water_levels(figures),
+            "series": series(src, CLUSTER, match, start, now),
+        }
 
 
 def overview(src: MetricSource, now: float) -> dict[str, Any]:
     """Current figures of every service, node and cluster: one call for `tideserve top`."""
-    return {
-        "services": by_label(src, SERVICE, {}, "service", now),
-        "nodes": by_label(src, NODE, {}, "node", now),
-        "clusters": {
-            name: {**figures, "water_levels": water_levels(figures)}
-            for name, figures in by_label(src, CLUSTER, {}, "cluster", now).items()
-        },
-    }
+    with src.snapshot():
+        return {
+            "services": by_label(src, SERVICE, {}, "service", now),
+            "nodes": by_label(src, NODE, {}, "node", now),
+            "clusters": {
+                name: {**figures, "water_levels": water_levels(figures)}
+                for name, figures in by_label(src, CLUSTER, {}, "cluster", now).items()
+            },
+        }
