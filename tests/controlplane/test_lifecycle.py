@@ -206,7 +206,7 @@ def test_an_instance_that_keeps_failing_makes_the_service_abnormal(make_platform
         assert inst["restarts"] >= 2 and "exited with code" in inst["lastError"]
         assert svc["message"]
         logs = c.get("/api/v1/services/broken/logs").text
-        assert "==> instance" in logs
+        assert f"{inst['id']} | " in logs
 
 
 def test_delete_is_graceful(make_platform):

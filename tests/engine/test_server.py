@@ -27,30 +27,33 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tideserve.engine",
-            "--port",
-            str(port),
-            "--max-model-len",
-            "1024",
-            "--kv-cache-memory",
-            str(KV_GIB),
-            "--max-batch-size",
-            "64",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    # A file, not a pipe nobody reads: the engine prints a line per request and would block on a full pipe.
+    log = tmp_path_factory.mktemp("engine") / "engine.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tideserve.engine",
+                "--port",
+                str(port),
+                "--max-model-len",
+                "1024",
+                "--kv-cache-memory",
+                str(KV_GIB),
+                "--max-batch-size",
+                "64",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else "engine exited"
+        assert proc.poll() is None, log.read_text()
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 break

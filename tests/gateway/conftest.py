@@ -124,7 +124,7 @@ class GatewayProc:
             lines = [
                 line
                 for line in self.log.read_text().splitlines()
-                if line.startswith('{"request_id"') and containing in line
+                if line.startswith('{"ts"') and containing in line
             ]
             if lines or time.monotonic() > deadline:
                 return lines

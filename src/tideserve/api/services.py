@@ -3,18 +3,35 @@ events, the YAML view, and a dry run that returns the fit estimate without deplo
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Annotated, Any
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tideserve.api.deps import Admin, Ctx
-from tideserve.errors import invalid, not_found
-from tideserve.platforms.local import log_tail
+from tideserve.api.deps import Admin, Context, Ctx
+from tideserve.errors import ApiError, invalid, not_found
+from tideserve.observability.logs import (
+    FOLLOW_POLL_S,
+    GATEWAY,
+    RESCAN_S,
+    Follower,
+    LineFilter,
+    LogLine,
+    Source,
+    gateway_sources,
+    parse_since,
+    search,
+    service_log_dir,
+)
 from tideserve.services import events, manager
 from tideserve.services.spec import parse_service_document, to_yaml
 from tideserve.store.models import Instance, Node, Service
@@ -177,21 +194,120 @@ def list_instances(ctx: Ctx, name: str) -> list[dict[str, Any]]:
         return [instance_view(s, i) for i in rows]
 
 
-@router.get("/{name}/logs", response_class=PlainTextResponse)
-def service_logs(
-    ctx: Ctx, name: str, instance: str | None = None, lines: int = Query(200, ge=1, le=10000)
-) -> str:
+def _log_sources(ctx: Context, name: str, instance: str | None, flt: LineFilter) -> list[Source]:
+    """What a logs query reads: the service's instances (when searching, also those since replaced,
+    whose files stay), and for a request or session id the gateway's lines of the service too.
+    `instance` names one of them, or `gateway` for the gateway's."""
     with ctx.store.session() as s:
         svc = manager.get(s, name)
-        rows = list(
-            s.scalars(select(Instance).where(Instance.service_id == svc.id).order_by(Instance.created_at))
-        )
-        if instance is not None:
-            rows = [i for i in rows if i.id == instance]
-            if not rows:
-                raise not_found("instance", instance, f"list them with GET /api/v1/services/{name}/instances")
-        parts = [f"==> instance {i.id} ({i.state}) <==\n{log_tail(i.log_path, lines)}" for i in rows]
-        return "\n".join(parts) + "\n"
+        rows = s.scalars(select(Instance).where(Instance.service_id == svc.id).order_by(Instance.created_at))
+        current = {i.id: Source(i.id, Path(i.log_path)) for i in rows if i.log_path}
+    gateway = gateway_sources(ctx.home, name)
+    if instance == GATEWAY:
+        return gateway
+    everything = dict(current)
+    if flt.searching or instance is not None:
+        for path in sorted(service_log_dir(ctx.home, name).glob("*.log")):
+            everything.setdefault(path.stem, Source(path.stem, path))
+    if instance is not None:
+        if instance not in everything:
+            raise not_found(
+                "instance",
+                instance,
+                f"list them with GET /api/v1/services/{name}/instances, or ask for {GATEWAY!r}",
+            )
+        return [everything[instance]]
+    picked = list((everything if flt.searching else current).values())
+    if flt.request_id is not None or flt.session_id is not None:
+        picked += gateway
+    return picked
+
+
+Renderer = Callable[[LogLine], str]
+
+
+async def _follow(
+    ctx: Context, name: str, instance: str | None, follower: Follower, first: str, render: Renderer
+) -> AsyncIterator[str]:
+    """Until the client disconnects (which cancels this) or the service is deleted."""
+    try:
+        if first:
+            yield first
+        rescan = time.monotonic() + RESCAN_S
+        while True:
+            await asyncio.sleep(FOLLOW_POLL_S)
+            found = await asyncio.to_thread(follower.poll)
+            if time.monotonic() >= rescan:  # a new instance (a restart, a scale-up) joins the stream
+                rescan = time.monotonic() + RESCAN_S
+                try:
+                    sources = await asyncio.to_thread(_log_sources, ctx, name, instance, follower.flt)
+                except ApiError:
+                    return
+                found += await asyncio.to_thread(follower.track, sources)
+            if found:
+                yield "".join(map(render, found))
+    finally:
+        follower.close()
+
+
+def _renderer(fmt: str, tagged: bool) -> Renderer:
+    if fmt == "json":
+        return lambda line: json.dumps(line.as_dict()) + "\n"
+    if tagged:
+        return lambda line: f"{line.source} | {line.text}\n"
+    return lambda line: line.text + "\n"
+
+
+@router.get("/{name}/logs", response_class=PlainTextResponse)
+def service_logs(
+    ctx: Ctx,
+    name: str,
+    instance: Annotated[
+        str | None, Query(description="one instance id, or `gateway` for the gateway's lines of the service")
+    ] = None,
+    grep: Annotated[
+        str | None, Query(min_length=1, max_length=1000, description="case-insensitive substring")
+    ] = None,
+    request_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    session_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+    since: Annotated[
+        str | None, Query(description="a time ago (15m, 2h, 1d) or an ISO 8601 time with a zone")
+    ] = None,
+    lines: Annotated[int, Query(ge=1, le=10000, description="at most this many, the newest")] = 200,
+    follow: Annotated[bool, Query(description="then stream new lines until the client disconnects")] = False,
+    fmt: Annotated[Literal["text", "json"], Query(alias="format")] = "text",
+) -> Response:
+    """The service's logs: what its instances print (stdout and stderr), newest last, across rotated
+    files. Without `instance`, lines of all instances interleave by time, each as `SOURCE | line`.
+
+    - `grep`: lines containing this text, case-insensitively.
+    - `request_id`, `session_id`: everything about one request or one conversation, from the instances
+      (the engine's request line and any line naming the id) and from the gateway's access log, each
+      line tagged with its source (an instance id, or `gateway`). JSON lines match by that field.
+    - `since`: lines from then on (a line without a time of its own has the time of the one before).
+    - `follow=true`: the last `lines`, then new ones as they are written (through rotations), until
+      the client disconnects.
+    - `format=json`: `{"sources": [...], "items": [{"source", "time", "line"}]}`; with `follow`,
+      one such item per line (NDJSON)."""
+    try:
+        since_at = parse_since(since, datetime.now(UTC)) if since is not None else None
+    except ValueError as e:
+        raise invalid(f"since: {e}", [{"loc": "since", "msg": str(e)}]) from e
+    flt = LineFilter(grep, request_id, session_id, since_at)
+    sources = _log_sources(ctx, name, instance, flt)
+    render = _renderer(fmt, tagged=instance is None)
+    if not follow:
+        found = search(sources, flt, lines)
+        if fmt == "json":
+            return JSONResponse({"sources": [s.name for s in sources], "items": [x.as_dict() for x in found]})
+        return PlainTextResponse("".join(map(render, found)))
+    follower = Follower(sources, flt)
+    first = "".join(map(render, follower.backlog(lines)))
+    return StreamingResponse(
+        _follow(ctx, name, instance, follower, first, render),
+        media_type="application/x-ndjson" if fmt == "json" else "text/plain; charset=utf-8",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},  # no proxy holds lines back
+    )
 
 
 @router.get("/{name}/events")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,7 @@ class Client:
         except httpx.HTTPError as e:
             fail(f"cannot reach {self.http.base_url}: {e}")
         if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-                msg = err["message"]
-                extra = [f"  {d['loc']}: {d['msg']}" for d in err.get("details", [])[1:]]
-            except (ValueError, KeyError, TypeError):
-                msg, extra = r.text, []
-            fail("\n".join([f"error ({r.status_code}): {msg}", *extra]))
+            _fail_with(r)
         if r.status_code == 204 or not r.content:
             return None
         if r.headers.get("content-type", "").startswith("application/json"):
@@ -71,6 +66,27 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def stream_text(self, path: str, **kw: Any) -> Iterator[str]:
+        """A GET whose text arrives as the server writes it, for as long as it does (no read timeout)."""
+        try:
+            with self.http.stream("GET", path, timeout=httpx.Timeout(10.0, read=None), **kw) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _fail_with(r)
+                yield from r.iter_text()
+        except httpx.HTTPError as e:
+            fail(f"cannot reach {self.http.base_url}: {e}")
+
+
+def _fail_with(r: httpx.Response) -> None:
+    try:
+        err = r.json()["error"]
+        msg = err["message"]
+        extra = [f"  {d['loc']}: {d['msg']}" for d in err.get("details", [])[1:]]
+    except (ValueError, KeyError, TypeError):
+        msg, extra = r.text, []
+    fail("\n".join([f"error ({r.status_code}): {msg}", *extra]))
 
 
 def fail(message: str) -> None:

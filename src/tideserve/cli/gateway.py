@@ -7,6 +7,7 @@ URLs without a store, like a plain router in front of engines started by hand.""
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -50,7 +51,9 @@ def gateway(
     breaker_cooldown: Annotated[
         float, typer.Option(min=0.1, help="seconds an open breaker waits before a probe")
     ] = 10.0,
-    access_log: Annotated[bool, typer.Option(help="one JSON line per request on stderr")] = True,
+    access_log: Annotated[
+        bool, typer.Option(help="one JSON line per request on stderr (with a store, also in the home's logs)")
+    ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Run an OpenAI gateway replica in the foreground."""
@@ -64,6 +67,7 @@ def gateway(
     from tideserve.gateway.server import run
     from tideserve.gateway.telemetry import configure_access_log
     from tideserve.home import default_home
+    from tideserve.observability.logs import gateway_log_file
     from tideserve.store.db import Store, database_url
 
     if policy not in POLICIES:
@@ -74,8 +78,8 @@ def gateway(
         )
     logging.basicConfig(level=log_level.upper(), format="%(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    configure_access_log(access_log)
     if upstream:
+        configure_access_log(access_log)
         routes: dict[str, ServiceRoute] = {}
         for value in upstream:
             model, urls = parse_upstream(value)
@@ -88,6 +92,8 @@ def gateway(
         where = ", ".join(f"{m} -> {len(r.endpoints)} upstream(s)" for m, r in routes.items())
     else:
         home = (home or default_home()).expanduser().resolve()
+        # A replica of a platform also logs where that platform's `tideserve logs` searches.
+        configure_access_log(access_log, gateway_log_file(home, f"{socket.gethostname()}-{port}"))
         store = Store(database_url(home))
         table, keys = EndpointTable(store), KeyCache(store)
         where = f"store {store.url if store.url.startswith('sqlite') else 'database'}"

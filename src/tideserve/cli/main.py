@@ -385,17 +385,48 @@ def services_instances(name: str, output: OutOpt = Format.table, home: HomeOpt =
     emit(Client(home).get(f"/api/v1/services/{name}/instances"), output, INSTANCE_COLUMNS)
 
 
+@app.command("logs")
 @services.command("logs")
-def services_logs(
-    name: str,
-    instance: Annotated[str | None, typer.Option(help="one instance id")] = None,
-    lines: int = 200,
+def logs(
+    service: str,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="then print new lines as they come, until Ctrl-C")
+    ] = False,
+    instance: Annotated[
+        str | None, typer.Option(help="one instance id, or 'gateway' for the gateway's lines of the service")
+    ] = None,
+    grep: Annotated[str | None, typer.Option(help="lines containing this text (any case)")] = None,
+    request_id: Annotated[
+        str | None, typer.Option(help="everything about one request, from the gateway and the instances")
+    ] = None,
+    session_id: Annotated[
+        str | None, typer.Option(help="everything about one conversation (X-Session-Id or the `user` field)")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="newer than 15m, 1h, 2d ago, or an ISO time")] = None,
+    lines: Annotated[
+        int, typer.Option("-n", "--lines", min=1, max=10000, help="at most this many, the newest")
+    ] = 200,
     home: HomeOpt = None,
 ) -> None:
-    params: dict[str, Any] = {"lines": lines}
-    if instance:
-        params["instance"] = instance
-    typer.echo(Client(home).get(f"/api/v1/services/{name}/logs", params=params).rstrip())
+    """What a service's instances print, across rotated files: tail, follow, search."""
+    given = {"instance": instance, "grep": grep, "request_id": request_id, "session_id": session_id}
+    params: dict[str, Any] = {k: v for k, v in given.items() if v is not None} | {"lines": lines}
+    if since:
+        params["since"] = since_time(since)
+    client, path = Client(home), f"/api/v1/services/{service}/logs"
+    if not follow:
+        text = client.get(path, params=params)
+        if text:
+            typer.echo(text.rstrip("\n"))
+        else:
+            typer.echo("no log lines match", err=True)
+        return
+    try:
+        for chunk in client.stream_text(path, params={**params, "follow": "true"}):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # the way to stop following
+        pass
 
 
 EVENT_COLUMNS = [

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -134,6 +135,7 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def chat(request: Request) -> Response:
+        arrived = time.monotonic()
         req = await _parse(request, ChatCompletionRequest)
         engine, core = _engine(state, req.model)
         try:
@@ -145,7 +147,7 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
         ids = core.tokenizer.encode(prompt, add_special_tokens=False)
         params = _params(core, req, ids, None)
         rid = _request_id(request, "chatcmpl")
-        gen = engine.generate(rid, ids, params, req.priority)
+        gen = _logged(engine.generate(rid, ids, params, req.priority), request, rid, arrived)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             stream = _chat_stream(gen, rid, model_name, core.tokenizer, include_usage, req.logprobs)
@@ -157,6 +159,7 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
         )
 
     async def completions(request: Request) -> Response:
+        arrived = time.monotonic()
         req = await _parse(request, CompletionRequest)
         engine, core = _engine(state, req.model)
         p = req.prompt
@@ -171,7 +174,7 @@ def build_app(model_name: str, load: Callable[[], EngineCore]) -> Starlette:
             ids = core.tokenizer.encode(text)  # type: ignore[arg-type]
         params = _params(core, req, ids, COMPLETIONS_DEFAULT_MAX_TOKENS)
         rid = _request_id(request, "cmpl")
-        gen = engine.generate(rid, ids, params, req.priority)
+        gen = _logged(engine.generate(rid, ids, params, req.priority), request, rid, arrived)
         lp = req.logprobs is not None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -252,6 +255,47 @@ def _request_id(request: Request, prefix: str) -> str:
 
 def _echo_id(request: Request, rid: str) -> str:
     return request.headers.get("x-request-id") or rid
+
+
+async def _logged(
+    gen: AsyncIterator[RequestOutput], request: Request, rid: str, arrived: float
+) -> AsyncIterator[RequestOutput]:
+    """Passes the outputs on; when the request ends (finished, failed or abandoned by its client)
+    prints one JSON line to stdout, keyed like the gateway's access log (request_id, session_id),
+    so `tideserve logs --request-id` finds both sides."""
+    first: float | None = None
+    last: RequestOutput | None = None
+    outcome = "abort"  # unless the engine finishes it: the client left or the handler failed
+    try:
+        async for out in gen:
+            if first is None and out.new_token_ids:
+                first = time.monotonic()
+            last = out
+            if out.finished and out.finish_reason is not None:
+                outcome = out.finish_reason.value
+            yield out
+    except EngineDeadError:
+        outcome = "error"
+        raise
+    finally:
+        line: dict[str, Any] = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": _echo_id(request, rid),
+        }
+        if session := request.headers.get("x-session-id"):
+            line["session_id"] = session
+        line["path"] = request.url.path
+        if last is not None:
+            line.update(
+                prompt_tokens=last.num_prompt_tokens,
+                cached_tokens=last.num_cached_tokens,
+                completion_tokens=last.num_output_tokens,
+            )
+        if first is not None:
+            line["ttft_s"] = round(first - arrived, 4)
+        line.update(e2e_s=round(time.monotonic() - arrived, 4), finish_reason=outcome)
+        # One short write per request, flushed: the log is a file, and a follower wants it now.
+        print(json.dumps(line, separators=(",", ":")), flush=True)
 
 
 def _usage(out: RequestOutput) -> dict[str, Any]:

@@ -72,6 +72,9 @@ BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HAL
 GATEWAY_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/metrics")
 _KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+# A session id (from a header or the body's `user`) goes on to the engine, for its request log, only
+# when it is safe as a header value: visible ASCII, so a `user` field cannot inject header lines.
+_SESSION_HEADER = re.compile(r"[!-~]{1,256}")
 _JSON = (b"content-type", b"application/json")
 # Engine response headers worth passing on; the rest (server, date, framing) are the server's own.
 _PASS_HEADERS = {b"content-type", b"cache-control"}
@@ -502,6 +505,8 @@ class Gateway:
     async def _forward(self, call: _Call, plan: _Plan, record: Record | None) -> None:
         rec, route, req, raw = call.record, plan.route, plan.req, plan.raw
         extra = [("content-type", "application/json"), ("x-request-id", rec.request_id)]
+        if rec.session_id is not None and _SESSION_HEADER.fullmatch(rec.session_id):
+            extra.append(("x-session-id", rec.session_id))
         tried: set[str] = set()
         failure = ""
         for attempt in range(MAX_ATTEMPTS):

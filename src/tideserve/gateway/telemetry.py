@@ -9,9 +9,13 @@ import logging.handlers
 import sys
 import threading
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from tideserve.observability.logs import KEEP, max_bytes
 
 access_log = logging.getLogger("tideserve.access")
 
@@ -26,8 +30,9 @@ class _BufferedLines(logging.handlers.MemoryHandler):
     """Lines go out in batches, at most FLUSH_S late: one write per batch instead of a system call
     per request, which on a busy gateway costs as much as relaying a dozen tokens."""
 
-    def __init__(self, target: logging.Handler) -> None:
-        super().__init__(capacity=256, flushLevel=logging.WARNING, target=target, flushOnClose=True)
+    def __init__(self, targets: list[logging.Handler]) -> None:
+        super().__init__(capacity=256, flushLevel=logging.WARNING, flushOnClose=True)
+        self.targets = targets
         self._timer: threading.Timer | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -41,6 +46,13 @@ class _BufferedLines(logging.handlers.MemoryHandler):
         self._timer = None
         self.flush()
 
+    def flush(self) -> None:
+        with self.lock:
+            for target in self.targets:
+                for record in self.buffer:
+                    target.handle(record)
+            self.buffer.clear()
+
     def close(self) -> None:
         # uvicorn's logging setup closes every existing handler; MemoryHandler.close would drop its
         # target and every later line with it. Flushing is all a close needs to do here.
@@ -50,14 +62,22 @@ class _BufferedLines(logging.handlers.MemoryHandler):
 FLUSH_S = 0.2
 
 
-def configure_access_log(enabled: bool) -> None:
-    """Bare JSON lines on stderr, whatever format the rest of the log uses, so tools can parse them."""
+def configure_access_log(enabled: bool, file: Path | None = None) -> None:
+    """Bare JSON lines on stderr, whatever format the rest of the log uses, so tools can parse them;
+    with `file`, also there, rotated by size, where `tideserve logs` searches them."""
     access_log.handlers.clear()
     access_log.propagate = False
     access_log.setLevel(logging.INFO if enabled else logging.WARNING)
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(logging.Formatter("%(message)s"))
-    access_log.addHandler(_BufferedLines(stream))
+    targets: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if file is not None and enabled:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(
+            file, maxBytes=max_bytes(), backupCount=KEEP, encoding="utf-8"
+        )
+        targets.append(rotating)
+    for target in targets:
+        target.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(_BufferedLines(targets))
 
 
 @dataclass(frozen=True)
@@ -185,7 +205,9 @@ class RequestRecord:
                 if self.completion_tokens:
                     series.completion_tokens.inc(self.completion_tokens)
         if access_log.isEnabledFor(logging.INFO):
-            line = {k: v for k in _LOGGED if (v := getattr(self, k)) is not None}
+            # The time first: `tideserve logs` reads it there, as it reads the engine's lines.
+            line: dict[str, Any] = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds")}
+            line.update((k, v) for k in _LOGGED if (v := getattr(self, k)) is not None)
             access_log.info(json.dumps(line, separators=(",", ":")))
 
 

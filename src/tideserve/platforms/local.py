@@ -1,6 +1,7 @@
 """The local platform: instances are engine processes on this machine, each in its own process group
 (so a stop reaches the whole tree and a control-plane crash does not take them down), logging to a
-file. A process is identified by pid *and* start time so a recycled pid is never mistaken for ours."""
+file opened in append mode (which lets the control plane rotate it under them: observability/logs.py).
+A process is identified by pid *and* start time so a recycled pid is never mistaken for ours."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from tideserve.observability.logs import LineFilter, Source, search
 
 PORT_BASE = 60000
 
@@ -116,13 +119,6 @@ def free_port(taken: Iterable[int], base: int = PORT_BASE, host: str = "127.0.0.
     raise RuntimeError(f"no free port between {base} and 65535")
 
 
-def log_tail(path: str | Path, lines: int = 40, max_bytes: int = 64 * 1024) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+def log_tail(path: str | Path, lines: int = 40) -> str:
+    """The last lines of an instance's log, reaching into the rotated copy when the log was just rotated."""
+    return "\n".join(line.text for line in search([Source("", Path(path))], LineFilter(), lines))

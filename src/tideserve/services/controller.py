@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from tideserve.backends import builtin
 from tideserve.observability.engine_metrics import parse_engine_metrics
+from tideserve.observability.logs import service_log_dir
 from tideserve.platforms.local import Handle, Launch, LocalPlatform, free_port, log_tail
 from tideserve.services import events, placement, rollout
 from tideserve.services.fit import instance_resources
@@ -385,7 +386,7 @@ class Controller:
             return
         taken = set(s.scalars(select(Instance.port).where(Instance.id != inst.id)))
         inst.port = free_port(taken, base=int(spec.get("access", {}).get("targetPort", 60000)))
-        inst.log_path = str(self.home / "logs" / svc.name / f"{inst.id}.log")
+        inst.log_path = str(service_log_dir(self.home, svc.name) / f"{inst.id}.log")
         inst.started_at, inst.ready_at, inst.retry_at = now, None, None
         if restart:
             inst.restarts += 1
