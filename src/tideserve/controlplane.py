@@ -19,6 +19,7 @@ from tideserve.gateway.ratelimit import limiter_for
 from tideserve.home import client_url
 from tideserve.observability.collector import INTERVAL_S, MAX_SERIES, TSDB_FILE, Collector
 from tideserve.observability.export import TsdbExport
+from tideserve.observability.promql import PrometheusSource
 from tideserve.observability.tsdb import TimeSeriesStore
 from tideserve.resources import bootstrap
 from tideserve.resources.discovery import discover
@@ -42,6 +43,7 @@ def build(
     deploy_default: bool = True,
     redis_url: str | None = None,
     metrics_interval: float = INTERVAL_S,
+    prometheus_url: str | None = None,
 ) -> tuple[FastAPI, Summary]:
     store = Store(database_url(home))
     migrate(store.engine)
@@ -65,7 +67,11 @@ def build(
     collector = Collector(
         store, home, tsdb, gateway.metrics.response_counts, metrics_interval, local_node=machine.hostname
     )
-    app = create_app(Context(store, home, controller, tsdb), gateway, collector)
+    # With a Prometheus the views read from it; the collector still fills the store that /metrics exports.
+    metrics = (
+        tsdb if prometheus_url is None else PrometheusSource(prometheus_url, min_step_s=metrics_interval)
+    )
+    app = create_app(Context(store, home, controller, metrics), gateway, collector)
     url = (
         store.url if store.url.startswith("sqlite") else store.engine.url.render_as_string(hide_password=True)
     )

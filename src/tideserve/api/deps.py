@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from tideserve.api.auth import authenticate
-from tideserve.observability.tsdb import TimeSeriesStore
+from tideserve.observability.views import MetricSource
 from tideserve.services.controller import Controller
 from tideserve.store.db import Store
 from tideserve.store.models import ApiKey
@@ -20,7 +20,7 @@ class Context:
     store: Store
     home: Path
     controller: Controller
-    tsdb: TimeSeriesStore
+    metrics: MetricSource  # the embedded store, or Prometheus with --prometheus-url
 
 
 def context(request: Request) -> Context:

@@ -4,6 +4,8 @@ overview behind `tideserve top`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -11,8 +13,9 @@ from fastapi import APIRouter, Query
 from tideserve.api.deps import Admin, Ctx
 from tideserve.api.resources import find_cluster, find_node
 from tideserve.durations import duration_seconds
-from tideserve.errors import invalid
+from tideserve.errors import ApiError, invalid
 from tideserve.observability import views
+from tideserve.observability.promql import PrometheusUnavailable
 from tideserve.services import manager
 
 router = APIRouter(prefix="/api/v1", dependencies=[Admin], tags=["monitoring"])
@@ -37,12 +40,22 @@ def _span(window: str) -> tuple[float, float]:
     return now - window_seconds(window), now
 
 
+@contextmanager
+def _reading() -> Iterator[None]:
+    """A Prometheus that is down or refuses a query is a dependency failing, not a bug: a 503 naming it."""
+    try:
+        yield
+    except PrometheusUnavailable as e:
+        raise ApiError(503, str(e), "metrics_unavailable") from None
+
+
 @router.get("/services/{name}/metrics")
 def service_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
     start, now = _span(window)
     with ctx.store.session() as s:
         manager.get(s, name)  # 404 for an unknown service
-    return views.service_view(ctx.tsdb, name, start, now)
+    with _reading():
+        return views.service_view(ctx.metrics, name, start, now)
 
 
 @router.get("/nodes/{name}/metrics")
@@ -50,7 +63,8 @@ def node_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
     start, now = _span(window)
     with ctx.store.session() as s:
         find_node(s, name)  # 404 for an unknown node
-    return views.node_view(ctx.tsdb, name, start, now)
+    with _reading():
+        return views.node_view(ctx.metrics, name, start, now)
 
 
 @router.get("/clusters/{name}/metrics")
@@ -58,9 +72,11 @@ def cluster_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]
     start, now = _span(window)
     with ctx.store.session() as s:
         find_cluster(s, name)  # 404 for an unknown cluster
-    return views.cluster_view(ctx.tsdb, name, start, now)
+    with _reading():
+        return views.cluster_view(ctx.metrics, name, start, now)
 
 
 @router.get("/monitoring/overview")
 def overview(ctx: Ctx) -> dict[str, Any]:
-    return views.overview(ctx.tsdb, time.time())
+    with _reading():
+        return views.overview(ctx.metrics, time.time())

@@ -16,6 +16,15 @@ import typer
 from tideserve.home import clear_running, default_home, read_running, write_running
 
 
+def _prometheus_url(value: str | None) -> str | None:
+    from tideserve.observability.promql import check_url
+
+    try:
+        return None if value is None else check_url(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def up(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port for the API, the OpenAI endpoint and the console")] = 8080,
@@ -31,12 +40,22 @@ def up(
     metrics_interval: Annotated[
         float, typer.Option(min=1.0, max=300.0, help="seconds between two rounds of the metrics collector")
     ] = 5.0,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIDESERVE_PROMETHEUS_URL",
+            callback=_prometheus_url,
+            help="read the monitoring views from this Prometheus (which scrapes /metrics) instead of "
+            "the embedded store",
+        ),
+    ] = None,
 ) -> None:
     """Run the control plane in the foreground; Ctrl-C stops it and every instance it started."""
     import uvicorn
 
     from tideserve.controlplane import build, print_banner
     from tideserve.gateway.telemetry import configure_access_log
+    from tideserve.observability.logs import Rotator, gateway_log_file
 
     home = (home or default_home()).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -55,13 +74,19 @@ def up(
             typer.echo(f"cannot listen on {host}:{port}: {e.strerror}: free it or pass --port", err=True)
             raise typer.Exit(1) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    configure_access_log(True)
+    configure_access_log(True, gateway_log_file(home))
     for chatty in ("httpx", "alembic"):  # a line per health probe / migration step drowns the log
         logging.getLogger(chatty).setLevel(logging.WARNING)
     app, summary = build(
-        home, deploy_default=not no_default, redis_url=redis_url, metrics_interval=metrics_interval
+        home,
+        deploy_default=not no_default,
+        redis_url=redis_url,
+        metrics_interval=metrics_interval,
+        prometheus_url=prometheus_url,
     )
     write_running(home, host, port)
+    rotator = Rotator(home)  # engines write their logs straight to files and cannot rotate them
+    rotator.start()
     try:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         server = uvicorn.Server(config)
@@ -72,6 +97,7 @@ def up(
             signal.signal(sig, lambda *_: None)
         server.run()
     finally:
+        rotator.stop()
         clear_running(home)
     if not server.started:
         raise typer.Exit(1)
