@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 
 from tideserve.gateway.ratelimit import Limits
+from tideserve.gateway.upstream import UpstreamError, UpstreamPool, origin_of
 from tideserve.observability.engine_metrics import EngineLoad, parse_engine_metrics
 from tideserve.store.db import Store
 from tideserve.store.models import Instance, Service
@@ -109,7 +109,7 @@ class EndpointTable:
         self.store = store
         self.interval_s = interval_s
         self.services: dict[str, ServiceRoute] = dict(static or {})
-        self._client = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S, trust_env=False)
+        self._pool = UpstreamPool(max_idle_per_origin=1)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.listeners: list[Callable[[], None]] = []  # told after each refresh (queues retry)
@@ -166,10 +166,10 @@ class EndpointTable:
 
     async def _scrape(self, endpoint: Endpoint) -> None:
         try:
-            r = await self._client.get(endpoint.url + "/metrics")
-            if r.status_code == 200:
-                endpoint.load, endpoint.scraped_at = parse_engine_metrics(r.text), time.monotonic()
-        except (httpx.HTTPError, ValueError) as e:
+            status, body = await self._pool.get(origin_of(endpoint.url), "/metrics", SCRAPE_TIMEOUT_S)
+            if status == 200:
+                endpoint.load, endpoint.scraped_at = parse_engine_metrics(body.decode()), time.monotonic()
+        except (UpstreamError, TimeoutError, ValueError) as e:
             log.debug("scrape of %s failed: %s", endpoint.url, e)  # stale data counts as saturated
 
     async def _run(self) -> None:
@@ -187,4 +187,4 @@ class EndpointTable:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        await self._client.aclose()
+        self._pool.close()

@@ -16,11 +16,12 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import httpx
 import psutil
 from sqlalchemy import select
 
+from tideserve.gateway.upstream import UpstreamError, UpstreamPool, origin_of
 from tideserve.observability import rollup
 from tideserve.observability.gpus import GpuReader
 from tideserve.observability.rollup import NodeFacts, NodeReading, Reading, Target
@@ -69,12 +70,11 @@ class Collector:
         # The gateway's counters start at zero with this process, so the first round has a baseline.
         self._gateway_prev: tuple[float, Mapping[tuple[str, str], float]] = (time.time(), {})
         self._task: asyncio.Task[None] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._pool = UpstreamPool(max_idle_per_origin=1)
         self._saved_at = self._pruned_at = time.time()
         psutil.cpu_percent(interval=None)  # the first call only sets the baseline
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S, trust_env=False)
         self._task = asyncio.create_task(self._run(), name="collector")
 
     async def close(self) -> None:
@@ -82,8 +82,7 @@ class Collector:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._client is not None:
-            await self._client.aclose()
+        self._pool.close()
         await asyncio.to_thread(self.tsdb.save, self.path)
         self._gpus.close()
 
@@ -103,12 +102,11 @@ class Collector:
         await asyncio.to_thread(self._ingest, targets, scraped, handles, nodes)
 
     async def _scrape(self, url: str) -> str | None:
-        assert self._client is not None
         try:
-            r = await self._client.get(url)
-            return r.text if r.status_code == 200 else None
-        except httpx.HTTPError:
+            status, body = await self._pool.get(origin_of(url), urlsplit(url).path, SCRAPE_TIMEOUT_S)
+        except (UpstreamError, TimeoutError):
             return None
+        return body.decode("utf-8", "replace") if status == 200 else None
 
     def _observe_store(
         self,
