@@ -16,6 +16,7 @@ from tideserve.catalog.estimator import (
     estimate_memory,
     estimate_ram,
     kv_bytes_per_token,
+    precision_table,
     shape_of,
     weight_bytes,
 )
@@ -296,3 +297,19 @@ def test_ram_fit() -> None:
     assert not short.fits and "lower maxModelLen to 4096 or less" in short.message
     tiny = check_ram_fit(r, 256 << 20)
     assert not tiny.fits and "of RAM" in tiny.message and "lower maxModelLen" not in tiny.message
+
+
+@pytest.mark.parametrize(
+    ("card", "gb"),
+    [  # PRODUCT.md: 7B ~14 GB at 16 bits, ~7 at 8, ~4 at 4 (embeddings stay 16-bit)
+        ("qwen2.5-7b-instruct", {"FP16": (14, 16), "INT8": (7, 9), "INT4": (4, 6)}),
+        ("llama-3.1-70b-instruct", {"FP16": (138, 143), "INT8": (70, 73), "INT4": (36, 42)}),
+    ],
+)
+def test_precision_table_matches_the_rule_of_thumb(card, gb):
+    rows = precision_table(get_card(card))
+    assert [r["precision"] for r in rows] == ["FP16", "INT8", "INT4"]
+    for r in rows:
+        low, high = gb[r["precision"]]
+        assert low <= r["weightsBytes"] / 1e9 <= high, r
+    assert len({r["kvBytesPerToken"] for r in rows}) == 1  # the KV cache stays 16-bit whatever the weights

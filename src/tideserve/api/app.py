@@ -1,5 +1,5 @@
 """One ASGI app on one port: `/api/v1/*` control plane, `/v1/*` OpenAI entry (the gateway),
-`/metrics` (the gateway's and the collector's), `/health`."""
+`/metrics` (the gateway's and the collector's), `/health`, and the console at `/`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.routing import Route
 from tideserve import __version__
 from tideserve.api import keys, models, monitoring, resources, services
 from tideserve.api.deps import Context
+from tideserve.console import mount as mount_console
 from tideserve.errors import ApiError
 from tideserve.gateway.openai_api import error_body
 from tideserve.gateway.proxy import GATEWAY_PATHS, Gateway
@@ -85,4 +86,5 @@ def create_app(ctx: Context, gateway: Gateway, collector: Collector | None = Non
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    mount_console(app)
     return app

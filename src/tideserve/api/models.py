@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from tideserve.api.deps import Admin, Ctx
+from tideserve.catalog.estimator import precision_table
 from tideserve.catalog.plaza import Card, filter_cards, get_card, load_cards
 from tideserve.errors import conflict, invalid, not_found
 from tideserve.store.models import CustomModel, Service
@@ -42,7 +43,9 @@ def card_view(card: Card, detail: bool = False) -> dict[str, Any]:
     data["kind"] = "plaza"
     data["maxContext"] = card.architecture.max_context
     data["parametersHuman"] = human_count(card.parameters)
-    if not detail:
+    if detail:
+        data["memory"] = precision_table(card)
+    else:
         data.pop("usage", None)
     return data
 

@@ -471,3 +471,18 @@ def estimate_card(
 def estimate_card_ram(card: Card, parameters: Mapping[str, Any] | None = None) -> MemoryEstimate:
     """RAM needs of serving `card` on CPU with the built-in engine (which computes in bfloat16)."""
     return estimate_ram(shape_of(card), _card_config(card, parameters, "bfloat16"))
+
+
+# What the model plaza shows per precision: the usual checkpoints of a model (16-bit, int8, int4).
+PLAZA_PRECISIONS = (("FP16", "bfloat16"), ("INT8", "int8"), ("INT4", "int4"))
+
+
+def precision_table(card: Card) -> list[dict[str, Any]]:
+    """Weights of the card at each usual precision, and the 16-bit KV cache one token takes, on one
+    GPU: the figures a user reads to pick GPUs before deploying."""
+    shape = shape_of(card)
+    kv = kv_bytes_per_token(shape, _card_config(card, None, "bfloat16"))
+    return [
+        {"precision": label, "weightsBytes": weight_bytes(shape, fmt), "kvBytesPerToken": kv}
+        for label, fmt in PLAZA_PRECISIONS
+    ]
