@@ -129,22 +129,29 @@ class _Lease:
             self.gateway.queue(self.service).wake_one()
 
 
-class _StreamTap:
-    """What the gateway notes of a streamed body on its way through: the first byte's time, the number
-    of SSE events and the last two chunks (where the usage event is)."""
+# An SSE event carrying generated output (text, reasoning or a tool call). Engines send a role-only
+# event before they generate, and a finish event after: neither is a token, so the first byte is not
+# the first token and the number of events is not the number of tokens.
+_OUTPUT = re.compile(rb'"(?:content|reasoning_content|text)"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[')
 
-    __slots__ = ("events", "first_at", "last", "prev", "write")
+
+class _StreamTap:
+    """What the gateway notes of a streamed body on its way through: when the first generated output
+    came, how many events carried output, and the last two chunks (where the usage event is)."""
+
+    __slots__ = ("first_at", "last", "outputs", "prev", "write")
 
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self.write = write
         self.first_at: float | None = None
-        self.events = 0
+        self.outputs = 0
         self.prev = self.last = b""
 
     def __call__(self, chunk: bytes) -> None:
-        if self.first_at is None:
-            self.first_at = time.perf_counter()
-        self.events += chunk.count(b"data:")
+        if found := len(_OUTPUT.findall(chunk)):
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            self.outputs += found
         self.prev, self.last = self.last, chunk
         self.write(chunk)
 
@@ -619,8 +626,8 @@ class Gateway:
                 await down.end()
             rec.ttft_s = None if tap.first_at is None else tap.first_at - rec.started
             if not _usage_into(rec, tap.prev + tap.last, sse=True):
-                # No usage event (the client did not ask): each event but [DONE] carries about one token.
-                rec.completion_tokens = max(0, tap.events - 1)
+                # No usage event (the client did not ask): each output event carries about one token.
+                rec.completion_tokens = tap.outputs
         except UpstreamError as e:
             if record is None and call.disconnected.done():
                 raise ClientGone from e  # we closed it: a client leaving says nothing about the engine
