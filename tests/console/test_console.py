@@ -58,6 +58,7 @@ def test_wizard_validates_inline_deploys_and_deletes(console: Console):
     page.fill(f"{env} textarea", "A=1\nnot a pair")
     assert "line 2" in page.wait_for_selector(f"{env} .error").inner_text()
     page.fill(f"{env} textarea", "A=1\nB=two")
+    page.fill("input[name='spec.routing.rateLimit.requestsPerMinute']", "600")
     page.fill(f"{utilization} input", "0.9")
     page.wait_for_selector("[data-testid=fit].ok")
     console.shot("wizard-en")
@@ -71,7 +72,8 @@ def test_wizard_validates_inline_deploys_and_deletes(console: Console):
     page.click("[data-testid=submit]")
     page.wait_for_url(re.compile(f"#/services/{NEW}$"))
     page.wait_for_selector(".panel:has-text('Edited in the console.')")
-    assert "B=two" in page.inner_text(".panel")
+    info = page.inner_text(".panel")
+    assert "B=two" in info and "requestsPerMinute=600" in info
     page.click("[data-tab=instances]")
     page.wait_for_selector("[data-testid=instances] .status-running")
     console.shot("service-instances-en")

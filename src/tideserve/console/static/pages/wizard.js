@@ -22,6 +22,13 @@ register({
     "wiz.maxBatchSize": "maxBatchSize", "wiz.gpuMemoryUtilization": "gpuMemoryUtilization", "wiz.gpuMemoryUtilization.hint": "(0, 1]; 0.85–0.95 is typical.",
     "wiz.maxNumBatchedTokens": "maxNumBatchedTokens", "wiz.errors": "Fix the fields marked in red.",
     "wiz.needs": "needs {n}",
+    "wiz.routing": "Routing and limits", "wiz.optional": "Optional: empty keeps the default.",
+    "wiz.routing.rateLimit.requestsPerMinute": "Requests per minute (service)", "wiz.routing.rateLimit.tokensPerMinute": "Tokens per minute (service)",
+    "wiz.routing.rateLimit.maxConcurrent": "Max concurrent requests", "wiz.routing.queue.maxSize": "Gateway queue size",
+    "wiz.routing.queue.timeoutSeconds": "Queue timeout (s)", "wiz.routing.requestTimeoutSeconds": "Request timeout (s)",
+    "wiz.routing.maxInflightPerInstance": "Max in flight per instance", "wiz.routing.canary.stableRevision": "Canary: stable revision",
+    "wiz.routing.canary.stableReplicas": "Canary: stable instances", "wiz.routing.canary.weight": "Canary: % to the new revision",
+    "wiz.routing.promptLength.thresholdTokens": "Long-prompt pool from (tokens)", "wiz.routing.promptLength.longReplicas": "Long-prompt pool instances",
   },
   zh: {
     "wiz.create": "新建推理服务", "wiz.edit": "编辑 {name}", "wiz.basic": "基本信息", "wiz.deployment": "部署配置",
@@ -42,8 +49,24 @@ register({
     "wiz.maxBatchSize": "maxBatchSize", "wiz.gpuMemoryUtilization": "gpuMemoryUtilization", "wiz.gpuMemoryUtilization.hint": "(0, 1]，通常 0.85–0.95。",
     "wiz.maxNumBatchedTokens": "maxNumBatchedTokens", "wiz.errors": "请修改标红的字段。",
     "wiz.needs": "需要 {n}",
+    "wiz.routing": "路由与限流", "wiz.optional": "可选：留空使用默认值。",
+    "wiz.routing.rateLimit.requestsPerMinute": "每分钟请求数（服务）", "wiz.routing.rateLimit.tokensPerMinute": "每分钟 Token 数（服务）",
+    "wiz.routing.rateLimit.maxConcurrent": "最大并发请求", "wiz.routing.queue.maxSize": "网关排队长度",
+    "wiz.routing.queue.timeoutSeconds": "排队超时（秒）", "wiz.routing.requestTimeoutSeconds": "请求超时（秒）",
+    "wiz.routing.maxInflightPerInstance": "单实例最大在途请求", "wiz.routing.canary.stableRevision": "灰度：稳定版本",
+    "wiz.routing.canary.stableReplicas": "灰度：稳定版本实例数", "wiz.routing.canary.weight": "灰度：新版本流量 %",
+    "wiz.routing.promptLength.thresholdTokens": "长提示池阈值（Token）", "wiz.routing.promptLength.longReplicas": "长提示池实例数",
   },
 });
+
+// spec.routing's fields, all numbers; empty ones are left out (the API's defaults apply).
+const ROUTING_FIELDS = [
+  "rateLimit.requestsPerMinute", "rateLimit.tokensPerMinute", "rateLimit.maxConcurrent", "queue.maxSize",
+  "queue.timeoutSeconds", "requestTimeoutSeconds", "maxInflightPerInstance", "canary.stableRevision",
+  "canary.stableReplicas", "canary.weight", "promptLength.thresholdTokens", "promptLength.longReplicas",
+];
+// Optional sections that exist only when one of their fields is set.
+const SECTIONS = ["spec.routing.canary", "spec.routing.promptLength"];
 
 // Form keys are the document paths the API names in its errors, so an error lands on its field.
 const NUMBERS = new Set([
@@ -51,6 +74,7 @@ const NUMBERS = new Set([
   "spec.deployment.prefillReplicas", "spec.deployment.decodeReplicas", "spec.access.servicePort",
   "spec.parameters.tpSize", "spec.parameters.ppSize", "spec.parameters.dpSize", "spec.parameters.maxModelLen",
   "spec.parameters.maxBatchSize", "spec.parameters.gpuMemoryUtilization", "spec.parameters.maxNumBatchedTokens",
+  ...ROUTING_FIELDS.map((f) => `spec.routing.${f}`),
 ]);
 const DEFAULTS = {
   "metadata.name": "", "metadata.description": "", "spec.model": "", "spec.cluster": "local", "spec.resourceGroup": "default",
@@ -61,6 +85,7 @@ const DEFAULTS = {
   "spec.parameters.tpSize": "1", "spec.parameters.ppSize": "1", "spec.parameters.dpSize": "1", "spec.parameters.maxModelLen": "",
   "spec.parameters.maxBatchSize": "32", "spec.parameters.gpuMemoryUtilization": "0.9", "spec.parameters.maxNumBatchedTokens": "",
   "spec.routing.policy": "prefix_aware",
+  ...Object.fromEntries(ROUTING_FIELDS.map((f) => [`spec.routing.${f}`, ""])),
 };
 const IMMUTABLE = new Set(["metadata.name", "spec.engine.name", "spec.deployment.mode"]);
 // A field's label is "wiz." + its last path part, but for these (whose last parts clash or mislead).
@@ -104,6 +129,12 @@ function build(form, base) {
     if (key === "spec.env") parent[last] = parseEnv(raw)[0] || {};
     else if (raw === "") delete parent[last];
     else parent[last] = NUMBERS.has(key) ? Number(raw) : raw;
+  }
+  for (const section of SECTIONS) {
+    const path = section.split(".");
+    const last = path.pop();
+    const parent = path.reduce((o, k) => o?.[k], doc);
+    if (parent && parent[last] && !Object.keys(parent[last]).length) delete parent[last];
   }
   return doc;
 }
@@ -169,7 +200,7 @@ export function Wizard({ editing }) {
   const input = (key, { type = "text", options, hint, area } = {}) => {
     const locked = editing && IMMUTABLE.has(key);
     const props = { name: key, value: form[key], disabled: locked, onInput: (e) => setForm({ ...form, [key]: e.target.value }) };
-    const label = t(LABELS[key] || `wiz.${key.split(".").pop()}`);
+    const label = t(LABELS[key] || `wiz.${key.split(".").slice(key.startsWith("spec.routing.") ? 1 : -1).join(".")}`);
     let control;
     if (options) control = html`<select ...${props} onChange=${props.onInput}>${options.map(([v, l]) => html`<option value=${v}>${l}</option>`)}</select>`;
     else if (area) control = html`<textarea rows="5" ...${props}></textarea>`;
@@ -206,8 +237,10 @@ export function Wizard({ editing }) {
       ${input("spec.access.exposure", { options: [["internal", t("access.internal")], ["external", t("access.external")]] })}
       <h3>${t("wiz.advanced")}</h3>
       ${["tpSize", "ppSize", "dpSize", "maxModelLen", "maxBatchSize", "gpuMemoryUtilization", "maxNumBatchedTokens"].map((p) => input(`spec.parameters.${p}`, { type: "number", hint: t(`wiz.${p}.hint`) === `wiz.${p}.hint` ? "" : t(`wiz.${p}.hint`) }))}
-      ${input("spec.routing.policy", { options: ["prefix_aware", "least_requests", "least_kv", "round_robin", "session"].map((p) => [p, p]) })}
       <div class="wide">${input("spec.env", { area: true, hint: t("wiz.env.hint") })}</div>
+      <h3>${t("wiz.routing")}</h3>
+      ${input("spec.routing.policy", { options: ["prefix_aware", "least_requests", "least_kv", "round_robin", "session"].map((p) => [p, p]) })}
+      ${ROUTING_FIELDS.map((f) => input(`spec.routing.${f}`, { type: "number", hint: t("wiz.optional") }))}
     </div>
     <${Verdict} fit=${fit} />
     <div class="actions">
