@@ -204,7 +204,22 @@ def test_valid(source, check):
         ),
         ({"kind": "Deployment", "metadata": {"name": "a"}, "spec": {"model": "m"}}, "kind", "'Service'"),
         ({"name": "a", "spec": {"model": "m"}}, "name", "goes under metadata.name"),
-        (document(autoscaling=None), "spec.autoscaling", "unknown field 'autoscaling'"),
+        (
+            document(autoscaling={"maxReplicas": 4, "targets": [{"metric": "bogus", "value": 1}]}),
+            "spec.autoscaling.targets.0.metric",
+            "unknown metric 'bogus'",
+        ),
+        (
+            document(
+                autoscaling={
+                    "maxReplicas": 2,
+                    "minReplicas": 3,
+                    "targets": [{"metric": "waitingPerReplica", "value": 4}],
+                }
+            ),
+            "spec.autoscaling.minReplicas",
+            "above maxReplicas=2",
+        ),
         (document(replica=2), "spec.replica", "did you mean 'replicas'"),
         (document(resources={"gpu": 1}), "spec.resources.gpu", "did you mean 'gpus'"),
         (document(parameters={"tpsize": 1}), "spec.parameters.tpsize", "did you mean 'tpSize'"),

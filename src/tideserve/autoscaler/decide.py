@@ -358,27 +358,30 @@ def _by_metrics(
     why_lowest = why_floor if floor >= 1 else _why_last_replica(policy)
     replicas, limited = _limit(stabilized, current, history.events, policy, lowest_allowed, why_lowest, now)
 
-    head = "no change" if replicas == current else f"{current}→{replicas}"
-    cause = _cause(best)
-    if desired == current:
-        reason = f"{head}: {best.why_current or cause}"
-    elif stabilized != desired:
-        if desired < current:
-            window, rec, which = down.stabilization_window_s, highest, "highest"
-        else:
-            window, rec, which = up.stabilization_window_s, lowest, "lowest"
-        reason = (
-            f"{head}: stabilized, {which} recommendation in the last {window:g} s is {rec} "
-            f"({cause} proposes {desired})"
-        )
-        if replicas != stabilized:
-            reason += f"; {limited}"
-    elif replicas != desired:
-        reason = f"{head}: {cause} proposes {desired}; {limited}"
+    if stabilized == desired:
+        held = ""
+    elif desired < current:
+        held = f"highest recommendation in the last {down.stabilization_window_s:g} s is {highest}"
     else:
-        reason = f"{head}: {cause}"
+        held = f"lowest recommendation in the last {up.stabilization_window_s:g} s is {lowest}"
+    reason = _reason(current, best, stabilized, replicas, held, limited)
     decision = Decision(replicas, reason, desired, statuses)
     return _record(obs, policy, history, decision, recommended=True)
+
+
+def _reason(current: int, best: _Proposal, stabilized: int, replicas: int, held: str, limited: str) -> str:
+    """Why `replicas`: the deciding metric, then what changed its proposal (`held` by stabilization,
+    `limited` by a rate or a bound), in the order they applied."""
+    head = "no change" if replicas == current else f"{current}→{replicas}"
+    desired, cause = best.replicas, _cause(best)
+    if desired == current:
+        return f"{head}: {best.why_current or cause}"
+    if held:
+        reason = f"{head}: stabilized, {held} ({cause} proposes {desired})"
+        return f"{reason}; {limited}" if replicas != stabilized else reason
+    if replicas != desired:
+        return f"{head}: {cause} proposes {desired}; {limited}"
+    return f"{head}: {cause}"
 
 
 def _cause(p: _Proposal) -> str:

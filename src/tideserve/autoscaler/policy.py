@@ -33,20 +33,18 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-# cronsim over croniter: it is small, typed, dependency-free and actively maintained (by
-# healthchecks.io, where it schedules millions of checks), and it follows Debian cron on DST days: a
-# start in the skipped hour fires right after the jump, one in the repeated hour fires once.
-# croniter changed hands in 2025 after its maintainer announced its end.
+# cronsim rather than croniter: small, typed, without dependencies, maintained by healthchecks.io
+# (which runs its users' cron schedules on it), and on DST days it does what Debian cron does: a time
+# in the skipped hour fires right after the jump, one in the repeated hour fires once.
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 # spec.py's conventions, shared so this model mounts under spec.autoscaling of a ServiceSpec and its
 # errors read (and nest) like every other field's there.
-from tideserve.services.spec import FieldError, SpecError, _message, _Model, _show, _Violations
+from tideserve.services.specbase import FieldError, SpecError, _Model, _Violations
 
 Metric = Literal[
     "waiting_per_replica",
@@ -56,8 +54,6 @@ Metric = Literal[
     "gpu_utilization",
     "requests_per_s",
 ]
-METRICS: tuple[Metric, ...] = typing.get_args(Metric)
-
 # The spelling users write; Metric is the spelling code uses.
 METRIC_NAMES: dict[str, Metric] = {
     "waitingPerReplica": "waiting_per_replica",
@@ -144,7 +140,8 @@ class Hold:
 
 
 def in_force(schedule: Schedule, now: float) -> Hold | None:
-    zone = _zone(schedule.timezone)
+    """Whether `schedule` holds at `now` (Unix seconds)."""
+    zone = ZoneInfo(schedule.timezone)  # ZoneInfo caches by name
     last_start = _last_firing(schedule.start, zone, now)
     if last_start is not None:
         end = _next_firing(schedule.end, zone, last_start)
@@ -190,11 +187,6 @@ def holding(schedules: tuple[Schedule, ...], now: float) -> Hold | None:
         if hold is not None and (best is None or schedule.min_replicas > best.schedule.min_replicas):
             best = hold
     return best
-
-
-@cache
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
 
 
 # --- the document --------------------------------------------------------------------------------
@@ -310,7 +302,7 @@ class ScheduleSpec(_Model):
     @classmethod
     def _known_zone(cls, name: str) -> str:
         try:
-            _zone(name)
+            ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
             close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
             hint = f"did you mean {close[0]!r}?" if close else "e.g. 'Asia/Shanghai' or 'UTC'"
@@ -423,6 +415,9 @@ def from_spec(data: Any, loc: str = "spec.autoscaling") -> Autoscaling:
 
 
 def _field_errors(error: ValidationError, prefix: str) -> list[FieldError]:
+    # services.spec imports this module to mount the policy, so its message helpers come at call time.
+    from tideserve.services.spec import _message
+
     out: list[FieldError] = []
     for item in error.errors():
         parts = [str(part) for part in item["loc"]]
@@ -443,6 +438,8 @@ def _field_errors(error: ValidationError, prefix: str) -> list[FieldError]:
 
 
 def _list_message(item: Mapping[str, Any], name: str) -> str:
+    from tideserve.services.spec import _show  # see _field_errors
+
     example = (
         "[{metric: waitingPerReplica, value: 4}]"
         if name == "targets"

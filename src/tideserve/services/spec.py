@@ -24,13 +24,12 @@ import json
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
     ValidationError,
@@ -39,6 +38,11 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from tideserve.autoscaler.policy import AutoscalingSpec
+from tideserve.services.specbase import FieldError, SpecError, _Model, _Violations
+
+__all__ = ["FieldError", "SpecError"]  # re-exported: callers import the error types from here
+
 API_VERSION = "tideserve/v1"
 KIND = "Service"
 DEFAULT_MAX_MODEL_LEN = 32768
@@ -46,28 +50,6 @@ MIN_MAX_MODEL_LEN = 1024
 # vLLM's chunked-prefill token budget for API servers: a prefill chunk this size keeps the device busy
 # while a decode step that shares the batch stays short (TPOT).
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
-
-
-class FieldError(TypedDict):
-    loc: str
-    msg: str
-
-
-class SpecError(ValueError):
-    """A document that cannot become a ServiceSpec; `errors` lists every problem found."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{e['loc']}: {e['msg']}" if e["loc"] else e["msg"] for e in errors))
-
-
-class _Violations(ValueError):
-    """Raised by cross-field validators so each problem keeps its own location (relative to the model
-    that raised it) through pydantic, which otherwise reports them all at the model's path."""
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self.items = items
-        super().__init__("; ".join(msg for _, msg in items))
 
 
 # --- quantities ----------------------------------------------------------------------------------
@@ -216,18 +198,6 @@ def _parse_env(value: Any) -> Any:
 Cpu = Annotated[float, BeforeValidator(_parse_cpu), Field(gt=0), PlainSerializer(_cpu_out)]
 Memory = Annotated[int, BeforeValidator(_parse_memory), Field(gt=0), PlainSerializer(format_quantity)]
 Env = Annotated[dict[str, str], BeforeValidator(_parse_env)]
-
-
-class _Model(BaseModel):
-    # strict: "2" is not a replica count and `yes` (YAML for true) is not a name; users get the type
-    # error instead of a silent conversion.
-    model_config = ConfigDict(
-        extra="forbid",
-        populate_by_name=True,
-        alias_generator=to_camel,
-        strict=True,
-        allow_inf_nan=False,
-    )
 
 
 _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -399,6 +369,7 @@ class SpecBody(_Model):
     env: Env = Field(default_factory=dict)
     parameters: Parameters = Field(default_factory=Parameters)
     routing: Routing = Field(default_factory=Routing)
+    autoscaling: AutoscalingSpec | None = None  # absent: `replicas` stays as set
 
     @model_validator(mode="after")
     def _shards_match_gpus(self) -> SpecBody:
