@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from tideserve.api.app import create_app
 from tideserve.api.auth import ensure_admin_key
 from tideserve.api.deps import Context
+from tideserve.autoscaler.loop import Autoscaler
 from tideserve.gateway.endpoints import EndpointTable
 from tideserve.gateway.keys import KeyCache
 from tideserve.gateway.proxy import Gateway
@@ -71,7 +72,8 @@ def build(
     metrics = (
         tsdb if prometheus_url is None else PrometheusSource(prometheus_url, min_step_s=metrics_interval)
     )
-    app = create_app(Context(store, home, controller, metrics), gateway, collector)
+    autoscaler = Autoscaler(store, tsdb, gateway, controller)
+    app = create_app(Context(store, home, controller, metrics), gateway, collector, autoscaler)
     url = (
         store.url if store.url.startswith("sqlite") else store.engine.url.render_as_string(hide_password=True)
     )

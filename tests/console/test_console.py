@@ -59,6 +59,9 @@ def test_wizard_validates_inline_deploys_and_deletes(console: Console):
     assert "line 2" in page.wait_for_selector(f"{env} .error").inner_text()
     page.fill(f"{env} textarea", "A=1\nB=two")
     page.fill("input[name='spec.routing.rateLimit.requestsPerMinute']", "600")
+    page.fill("input[name='spec.autoscaling.maxReplicas']", "2")
+    page.select_option("select[name='spec.autoscaling.targets.0.metric']", "waitingPerReplica")
+    page.fill("input[name='spec.autoscaling.targets.0.value']", "4")
     page.fill(f"{utilization} input", "0.9")
     page.wait_for_selector("[data-testid=fit].ok")
     console.shot("wizard-en")
@@ -74,6 +77,7 @@ def test_wizard_validates_inline_deploys_and_deletes(console: Console):
     page.wait_for_selector(".panel:has-text('Edited in the console.')")
     info = page.inner_text(".panel")
     assert "B=two" in info and "requestsPerMinute=600" in info
+    assert page.inner_text("[data-testid=autoscaling]") == "1–2 · waitingPerReplica 4"
     page.click("[data-tab=instances]")
     page.wait_for_selector("[data-testid=instances] .status-running")
     console.shot("service-instances-en")

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from tideserve import __version__
 from tideserve.api import keys, models, monitoring, resources, services
 from tideserve.api.deps import Context
+from tideserve.autoscaler.loop import Autoscaler
 from tideserve.console import mount as mount_console
 from tideserve.errors import ApiError
 from tideserve.gateway.openai_api import error_body
@@ -33,14 +34,20 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(ctx: Context, gateway: Gateway, collector: Collector | None = None) -> FastAPI:
+def create_app(
+    ctx: Context, gateway: Gateway, collector: Collector | None = None, autoscaler: Autoscaler | None = None
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.controller.start()
         await gateway.start()
         if collector is not None:
             await collector.start()
+        if autoscaler is not None:
+            await autoscaler.start()
         yield
+        if autoscaler is not None:
+            await autoscaler.close()
         if collector is not None:
             await collector.close()
         await gateway.close()

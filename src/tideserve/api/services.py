@@ -33,6 +33,7 @@ from tideserve.observability.logs import (
     service_log_dir,
 )
 from tideserve.services import events, manager
+from tideserve.services.rollout import desired_of
 from tideserve.services.spec import parse_service_document, to_yaml
 from tideserve.store.models import Instance, Node, Service
 
@@ -94,7 +95,11 @@ def service_view(s: Session, svc: Service, detail: bool = False) -> dict[str, An
         "message": svc.message,
         "engine": spec["engine"],
         "resources": res,
-        "replicas": {"ready": ready, "desired": spec["replicas"]},
+        "replicas": {
+            "ready": ready,
+            "desired": desired_of(svc.revision, spec, autoscaled=svc.autoscaled_replicas).replicas,
+            **({"min": a["minReplicas"], "max": a["maxReplicas"]} if (a := spec.get("autoscaling")) else {}),
+        },
         "access": {**spec["access"], "endpoint": "/v1/chat/completions", "modelField": svc.name},
         "revision": svc.revision,
         "createdAt": svc.created_at.isoformat(),

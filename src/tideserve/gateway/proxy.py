@@ -180,6 +180,10 @@ class Gateway:
         self.queues: dict[str, WaitQueue] = {}
         self.idempotency = IdempotencyStore()
         self.pool = UpstreamPool()
+        # For the autoscaler: when each service last got a request, and who to tell when one waits
+        # (a service scaled to zero starts an instance at once rather than at the next round).
+        self.last_request_at: dict[str, float] = {}
+        self.on_wait: Callable[[str], None] | None = None
         table.listeners.append(self._table_changed)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -450,6 +454,7 @@ class Gateway:
         """An instance for the request now, or after waiting in the service's queue."""
         route, rank = plan.route, plan.rank
         name, cfg = route.name, route.config
+        self.last_request_at[name] = time.time()
         q = self.queue(name)
         best = q.best_rank()
         # Nobody may overtake a waiter of equal or higher priority.
@@ -464,6 +469,8 @@ class Gateway:
             if len(q) >= cfg.queue_size or remaining <= 0:
                 raise self._unavailable(route, full=remaining > 0)
             seq, waiter = q.push(rank, seq)
+            if self.on_wait is not None:
+                self.on_wait(name)
             gauge = self.metrics.queued.labels(name)
             gauge.inc()
             started = time.perf_counter()

@@ -168,7 +168,9 @@ class Controller:
         for inst in instances:
             self._observe(s, svc, inst, now)
         instances = [i for i in instances if i.state != rollout.STOPPED]
-        desired = rollout.desired_of(svc.revision, svc.spec["spec"], deleting=svc.deleting)
+        desired = rollout.desired_of(
+            svc.revision, svc.spec["spec"], deleting=svc.deleting, autoscaled=svc.autoscaled_replicas
+        )
         observed = [
             rollout.Observed(i.id, i.revision, i.state, i.failures, i.retry_at, i.created_at)
             for i in instances

@@ -46,12 +46,18 @@ class Desired:
         return self.keep_revision if self.keep_revision != self.revision else None
 
 
-def desired_of(revision: int, body: dict[str, Any], deleting: bool = False) -> Desired:
-    """Desired state from a service document's `spec` body (camelCase, as stored)."""
+def desired_of(
+    revision: int, body: dict[str, Any], deleting: bool = False, autoscaled: int | None = None
+) -> Desired:
+    """Desired state from a service document's `spec` body (camelCase, as stored) and, when the service
+    autoscales, the autoscaler's latest count (until its first decision, `replicas` stands)."""
     canary = (body.get("routing") or {}).get("canary")
+    replicas = int(body.get("replicas", 1))
+    if body.get("autoscaling") and autoscaled is not None:
+        replicas = autoscaled
     return Desired(
         revision,
-        int(body.get("replicas", 1)),
+        replicas,
         deleting=deleting,
         keep_revision=int(canary["stableRevision"]) if canary else None,
         keep_replicas=int(canary.get("stableReplicas", 1)) if canary else 0,

@@ -110,6 +110,9 @@ class Service(Base):
     status: Mapped[str] = mapped_column(String(16), default="Pending")
     message: Mapped[str] = mapped_column(Text, default="")
     deleting: Mapped[bool] = mapped_column(Boolean, default=False)
+    # With spec.autoscaling, the count the autoscaler chose (None until its first decision): kept apart
+    # from the spec's `replicas`, so an autoscaling decision is not a new revision.
+    autoscaled_replicas: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     revisions: Mapped[list[Revision]] = relationship(order_by="Revision.number", cascade="all, delete-orphan")

@@ -17,7 +17,7 @@ register({
     "tab.logs": "Logs", "tab.yaml": "YAML", "tab.events": "Events",
     "info.model": "Model", "info.cluster": "Cluster / group", "info.revision": "Revision", "info.replicas": "Replicas (ready/desired)",
     "info.mode": "Deployment", "info.params": "Framework parameters", "info.env": "Environment", "info.routing": "Routing",
-    "info.message": "Message",
+    "info.message": "Message", "info.autoscaling": "Autoscaling",
     "inst.id": "Instance", "inst.state": "State", "inst.node": "Node", "inst.address": "Address", "inst.role": "Role",
     "inst.restarts": "Restarts", "inst.started": "Started", "inst.ready": "Ready", "inst.error": "Last error",
     "access.endpoint": "Endpoint", "access.exposure": "Exposure", "access.ports": "Service port / target port",
@@ -38,7 +38,7 @@ register({
     "tab.logs": "日志", "tab.yaml": "YAML", "tab.events": "事件",
     "info.model": "模型", "info.cluster": "集群 / 资源组", "info.revision": "版本", "info.replicas": "实例（就绪/期望）",
     "info.mode": "部署架构", "info.params": "框架参数", "info.env": "环境变量", "info.routing": "路由",
-    "info.message": "信息",
+    "info.message": "信息", "info.autoscaling": "弹性伸缩",
     "inst.id": "实例", "inst.state": "状态", "inst.node": "节点", "inst.address": "地址", "inst.role": "角色",
     "inst.restarts": "重启次数", "inst.started": "启动时间", "inst.ready": "就绪时间", "inst.error": "最近错误",
     "access.endpoint": "访问地址", "access.exposure": "访问类型", "access.ports": "服务端口 / 目标端口",
@@ -58,6 +58,8 @@ export function ServicesPage({ route }) {
   return html`<${ServiceList} />`;
 }
 
+const autoscaling = (a) =>
+  `${a.minReplicas}–${a.maxReplicas} · ${a.targets.map((x) => `${x.metric} ${x.value}`).join(", ")}${a.idleToZeroSeconds ? ` · idle ${a.idleToZeroSeconds}s → 0` : ""}`;
 const resources = (r) => `${num(r.cpu)} CPU · ${r.memory} · ${r.gpus} GPU`;
 const engine = (e) => `${e.name}${e.version ? ` ${e.version}` : ""}`;
 
@@ -70,7 +72,7 @@ function ServiceList() {
     { label: t("status"), render: (s) => html`<${Status} value=${s.status} />` },
     { label: t("svc.engine"), render: (s) => engine(s.engine) },
     { label: t("svc.resources"), render: (s) => resources(s.resources) },
-    { label: t("svc.instances"), render: (s) => html`<span data-testid="replicas">${s.replicas.ready}/${s.replicas.desired}</span>` },
+    { label: t("svc.instances"), render: (s) => html`<span data-testid="replicas">${s.replicas.ready}/${s.replicas.desired}</span>${s.replicas.max != null ? html`<div class="hint">${s.replicas.min}–${s.replicas.max}</div>` : null}` },
     { label: `${t("created")} / ${t("updated")}`, render: (s) => html`${when(s.createdAt)}<div class="hint">${when(s.updatedAt)}</div>` },
     { label: t("actions"), render: (s) => html`<${Actions} svc=${s} ask=${setAsk} />` },
   ];
@@ -144,7 +146,9 @@ function Info({ svc }) {
     [t("status"), html`<${Status} value=${svc.status} />`], [t("info.message"), svc.message || "–"],
     [t("info.revision"), svc.revision], [t("info.cluster"), `${s.cluster} / ${s.resourceGroup}`],
     [t("svc.engine"), engine(s.engine)], [t("info.mode"), s.deployment.mode], [t("svc.resources"), resources(s.resources)],
-    [t("info.replicas"), `${svc.replicas.ready}/${svc.replicas.desired}`], [t("info.params"), dict(s.parameters)],
+    [t("info.replicas"), `${svc.replicas.ready}/${svc.replicas.desired}`],
+    [t("info.autoscaling"), s.autoscaling ? html`<span data-testid="autoscaling">${autoscaling(s.autoscaling)}</span>` : "–"],
+    [t("info.params"), dict(s.parameters)],
     [t("info.env"), dict(s.env)], [t("info.routing"), dict({ policy: s.routing.policy, ...s.routing.rateLimit })],
     [t("created"), when(svc.createdAt)], [t("updated"), when(svc.updatedAt)],
   ])}</div>`;

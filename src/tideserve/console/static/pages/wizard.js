@@ -22,6 +22,13 @@ register({
     "wiz.maxBatchSize": "maxBatchSize", "wiz.gpuMemoryUtilization": "gpuMemoryUtilization", "wiz.gpuMemoryUtilization.hint": "(0, 1]; 0.85–0.95 is typical.",
     "wiz.maxNumBatchedTokens": "maxNumBatchedTokens", "wiz.errors": "Fix the fields marked in red.",
     "wiz.needs": "needs {n}",
+    "wiz.autoscaling": "Autoscaling", "wiz.autoscaling.hint": "Leave empty for a fixed instance count. With autoscaling, “Instances” is only the start; behavior, more targets and schedules go in the YAML.",
+    "wiz.autoscaling.minReplicas": "Min instances (0: scale to zero)", "wiz.autoscaling.maxReplicas": "Max instances",
+    "wiz.autoscaling.targets.0.metric": "Scale on", "wiz.autoscaling.targets.0.value": "Target per instance",
+    "wiz.autoscaling.idleToZeroSeconds": "Idle before zero (s)", "wiz.idleToZeroSeconds.hint": "Only with min 0; default 300.",
+    "wiz.metric.waitingPerReplica": "Waiting requests", "wiz.metric.runningPerReplica": "Running requests",
+    "wiz.metric.kvCacheUsage": "KV-cache use (0–1)", "wiz.metric.ttftP90": "TTFT p90 (s, SLO)",
+    "wiz.metric.gpuUtilization": "GPU utilization (0–1)", "wiz.metric.requestsPerSecond": "Requests/s",
     "wiz.routing": "Routing and limits", "wiz.optional": "Optional: empty keeps the default.",
     "wiz.routing.rateLimit.requestsPerMinute": "Requests per minute (service)", "wiz.routing.rateLimit.tokensPerMinute": "Tokens per minute (service)",
     "wiz.routing.rateLimit.maxConcurrent": "Max concurrent requests", "wiz.routing.queue.maxSize": "Gateway queue size",
@@ -49,6 +56,13 @@ register({
     "wiz.maxBatchSize": "maxBatchSize", "wiz.gpuMemoryUtilization": "gpuMemoryUtilization", "wiz.gpuMemoryUtilization.hint": "(0, 1]，通常 0.85–0.95。",
     "wiz.maxNumBatchedTokens": "maxNumBatchedTokens", "wiz.errors": "请修改标红的字段。",
     "wiz.needs": "需要 {n}",
+    "wiz.autoscaling": "弹性伸缩", "wiz.autoscaling.hint": "留空则实例数固定。开启后“实例数”只是初始值；伸缩行为、多个指标和定时策略请在 YAML 中配置。",
+    "wiz.autoscaling.minReplicas": "最小实例数（0：缩容到零）", "wiz.autoscaling.maxReplicas": "最大实例数",
+    "wiz.autoscaling.targets.0.metric": "伸缩指标", "wiz.autoscaling.targets.0.value": "单实例目标值",
+    "wiz.autoscaling.idleToZeroSeconds": "空闲多久缩到零（秒）", "wiz.idleToZeroSeconds.hint": "仅当最小为 0；默认 300。",
+    "wiz.metric.waitingPerReplica": "排队请求数", "wiz.metric.runningPerReplica": "运行中请求数",
+    "wiz.metric.kvCacheUsage": "KV 缓存使用率（0–1）", "wiz.metric.ttftP90": "TTFT p90（秒，SLO）",
+    "wiz.metric.gpuUtilization": "GPU 利用率（0–1）", "wiz.metric.requestsPerSecond": "每秒请求数",
     "wiz.routing": "路由与限流", "wiz.optional": "可选：留空使用默认值。",
     "wiz.routing.rateLimit.requestsPerMinute": "每分钟请求数（服务）", "wiz.routing.rateLimit.tokensPerMinute": "每分钟 Token 数（服务）",
     "wiz.routing.rateLimit.maxConcurrent": "最大并发请求", "wiz.routing.queue.maxSize": "网关排队长度",
@@ -65,8 +79,11 @@ const ROUTING_FIELDS = [
   "queue.timeoutSeconds", "requestTimeoutSeconds", "maxInflightPerInstance", "canary.stableRevision",
   "canary.stableReplicas", "canary.weight", "promptLength.thresholdTokens", "promptLength.longReplicas",
 ];
+// spec.autoscaling as the form shows it: one target (more, and behavior and schedules, in YAML).
+const AUTOSCALING_FIELDS = ["minReplicas", "maxReplicas", "targets.0.metric", "targets.0.value", "idleToZeroSeconds"];
+const METRICS = ["waitingPerReplica", "runningPerReplica", "kvCacheUsage", "ttftP90", "gpuUtilization", "requestsPerSecond"];
 // Optional sections that exist only when one of their fields is set.
-const SECTIONS = ["spec.routing.canary", "spec.routing.promptLength"];
+const SECTIONS = ["spec.routing.canary", "spec.routing.promptLength", "spec.autoscaling"];
 
 // Form keys are the document paths the API names in its errors, so an error lands on its field.
 const NUMBERS = new Set([
@@ -75,6 +92,7 @@ const NUMBERS = new Set([
   "spec.parameters.tpSize", "spec.parameters.ppSize", "spec.parameters.dpSize", "spec.parameters.maxModelLen",
   "spec.parameters.maxBatchSize", "spec.parameters.gpuMemoryUtilization", "spec.parameters.maxNumBatchedTokens",
   ...ROUTING_FIELDS.map((f) => `spec.routing.${f}`),
+  ...AUTOSCALING_FIELDS.filter((f) => f !== "targets.0.metric").map((f) => `spec.autoscaling.${f}`),
 ]);
 const DEFAULTS = {
   "metadata.name": "", "metadata.description": "", "spec.model": "", "spec.cluster": "local", "spec.resourceGroup": "default",
@@ -86,6 +104,7 @@ const DEFAULTS = {
   "spec.parameters.maxBatchSize": "32", "spec.parameters.gpuMemoryUtilization": "0.9", "spec.parameters.maxNumBatchedTokens": "",
   "spec.routing.policy": "prefix_aware",
   ...Object.fromEntries(ROUTING_FIELDS.map((f) => [`spec.routing.${f}`, ""])),
+  ...Object.fromEntries(AUTOSCALING_FIELDS.map((f) => [`spec.autoscaling.${f}`, ""])),
 };
 const IMMUTABLE = new Set(["metadata.name", "spec.engine.name", "spec.deployment.mode"]);
 // A field's label is "wiz." + its last path part, but for these (whose last parts clash or mislead).
@@ -125,7 +144,7 @@ function build(form, base) {
   for (const [key, raw] of Object.entries(form)) {
     const path = key.split(".");
     const last = path.pop();
-    const parent = path.reduce((o, k) => (o[k] ??= {}), doc);
+    const parent = path.reduce((o, k, i) => (o[k] ??= /^\d+$/.test(path[i + 1] ?? last) ? [] : {}), doc);
     if (key === "spec.env") parent[last] = parseEnv(raw)[0] || {};
     else if (raw === "") delete parent[last];
     else parent[last] = NUMBERS.has(key) ? Number(raw) : raw;
@@ -134,10 +153,13 @@ function build(form, base) {
     const path = section.split(".");
     const last = path.pop();
     const parent = path.reduce((o, k) => o?.[k], doc);
-    if (parent && parent[last] && !Object.keys(parent[last]).length) delete parent[last];
+    if (parent && isEmpty(parent[last])) delete parent[last];
   }
   return doc;
 }
+
+// {} and [{}] and {targets: [{}]}: nothing the user set.
+const isEmpty = (v) => v != null && typeof v === "object" && Object.values(v).every(isEmpty);
 
 const byLoc = (details) => Object.fromEntries((details || []).map((d) => [d.loc, d.msg]));
 
@@ -200,7 +222,8 @@ export function Wizard({ editing }) {
   const input = (key, { type = "text", options, hint, area } = {}) => {
     const locked = editing && IMMUTABLE.has(key);
     const props = { name: key, value: form[key], disabled: locked, onInput: (e) => setForm({ ...form, [key]: e.target.value }) };
-    const label = t(LABELS[key] || `wiz.${key.split(".").slice(key.startsWith("spec.routing.") ? 1 : -1).join(".")}`);
+    const section = key.startsWith("spec.routing.") || key.startsWith("spec.autoscaling.");
+    const label = t(LABELS[key] || `wiz.${key.split(".").slice(section ? 1 : -1).join(".")}`);
     let control;
     if (options) control = html`<select ...${props} onChange=${props.onInput}>${options.map(([v, l]) => html`<option value=${v}>${l}</option>`)}</select>`;
     else if (area) control = html`<textarea rows="5" ...${props}></textarea>`;
@@ -241,6 +264,13 @@ export function Wizard({ editing }) {
       <h3>${t("wiz.routing")}</h3>
       ${input("spec.routing.policy", { options: ["prefix_aware", "least_requests", "least_kv", "round_robin", "session"].map((p) => [p, p]) })}
       ${ROUTING_FIELDS.map((f) => input(`spec.routing.${f}`, { type: "number", hint: t("wiz.optional") }))}
+      <h3>${t("wiz.autoscaling")}</h3>
+      <p class="wide hint">${t("wiz.autoscaling.hint")}</p>
+      ${input("spec.autoscaling.minReplicas", { type: "number" })}
+      ${input("spec.autoscaling.maxReplicas", { type: "number" })}
+      ${input("spec.autoscaling.targets.0.metric", { options: [["", "—"], ...METRICS.map((m) => [m, t(`wiz.metric.${m}`)])] })}
+      ${input("spec.autoscaling.targets.0.value", { type: "number" })}
+      ${input("spec.autoscaling.idleToZeroSeconds", { type: "number", hint: t("wiz.idleToZeroSeconds.hint") })}
     </div>
     <${Verdict} fit=${fit} />
     <div class="actions">
