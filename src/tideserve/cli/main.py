@@ -12,6 +12,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from tideserve.cli.autoscale import simulate
 from tideserve.cli.client import Client, fail
 from tideserve.cli.gateway import gateway
 from tideserve.cli.output import Format, emit, gib
@@ -616,6 +617,10 @@ def keys_list(output: OutOpt = Format.table, home: HomeOpt = None) -> None:
 def keys_revoke(name: str, home: HomeOpt = None) -> None:
     Client(home).delete(f"/api/v1/keys/{name}")
     typer.echo(f"key {name} revoked")
+
+
+autoscale = _group("autoscale", "Autoscaling policies, offline: replay a trace to tune one.")
+autoscale.command()(simulate)
 
 
 def main() -> None:
