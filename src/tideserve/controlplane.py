@@ -62,7 +62,7 @@ def build(
             if bootstrap.has_service(s, bootstrap.DEFAULT_SERVICE):
                 default = bootstrap.DEFAULT_SERVICE
     gateway = Gateway(EndpointTable(store), KeyCache(store), limiter_for(redis_url))
-    controller = Controller(store, home, inflight=gateway.open_requests)
+    controller = Controller(store, home, inflight=gateway.open_requests, unroute=gateway.unroute)
     tsdb = TimeSeriesStore.load(home / TSDB_FILE, max_series=MAX_SERIES)
     gateway.metrics.registry.register(TsdbExport(tsdb))
     collector = Collector(

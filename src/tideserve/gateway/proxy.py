@@ -68,6 +68,7 @@ from tideserve.gateway.upstream import (
 MAX_BODY_BYTES = 16 << 20
 MAX_ATTEMPTS = 3
 CONNECT_TIMEOUT_S = 5.0
+UNROUTE_S = 10.0  # how long a draining instance is skipped before the endpoint table must know it
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
 GATEWAY_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/metrics")
 _KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
@@ -184,12 +185,23 @@ class Gateway:
         # (a service scaled to zero starts an instance at once rather than at the next round).
         self.last_request_at: dict[str, float] = {}
         self.on_wait: Callable[[str], None] | None = None
+        # Instances the reconciler began draining, until when they are skipped (time.monotonic()).
+        self.unrouted: dict[str, float] = {}
         table.listeners.append(self._table_changed)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     def open_requests(self, instance_id: str) -> int:
         return self.inflight.get(instance_id, 0)
+
+    def unroute(self, instance_id: str) -> None:
+        """The reconciler (another thread) is draining this instance: choose it no more, from now on
+        rather than from the table's next read of the store, up to a second later, during which new
+        requests would still reach an instance that is on its way out. The skip expires: by then the
+        store says Draining (or, if that write failed, the instance rightly serves again)."""
+        now = time.monotonic()
+        # Replaced whole, never mutated: the event loop reads it while this thread writes.
+        self.unrouted = {i: t for i, t in self.unrouted.items() if t > now} | {instance_id: now + UNROUTE_S}
 
     async def start(self) -> None:
         await self.keys.start()
@@ -406,6 +418,7 @@ class Gateway:
         if route is None:
             return None
         cfg, now = route.config, time.monotonic()
+        unrouted = self.unrouted
         state = self.policy_states.get(service)
         if state is None:
             state = self.policy_states[service] = PolicyState()
@@ -417,6 +430,8 @@ class Gateway:
             for e in tier:
                 inflight = self.inflight[e.instance_id]
                 if e.instance_id in tried or (cfg.max_inflight is not None and inflight >= cfg.max_inflight):
+                    continue
+                if unrouted.get(e.instance_id, 0.0) > now:
                     continue
                 breaker = self.breakers.get(e.instance_id)
                 if breaker is not None and breaker.state(now) is BreakerState.OPEN:
@@ -640,16 +655,25 @@ class Gateway:
                 raise ClientGone from e  # we closed it: a client leaving says nothing about the engine
             ok = False
             rec.error = "upstream_broke"
-            if started:
-                await down.end()  # the response already started: all that is left is to end it
-            elif record is None or not record.started.is_set():
-                timeout = isinstance(e, UpstreamTimeout)
-                raise GatewayError(
-                    504 if timeout else 502,
-                    f"instance {endpoint.instance_id} {'went silent' if timeout else 'broke off'} "
-                    f"mid-response ({e}); retry",
-                    "upstream_timeout" if timeout else "upstream_failed",
-                ) from e
+            timeout = isinstance(e, UpstreamTimeout)
+            error = GatewayError(
+                504 if timeout else 502,
+                f"instance {endpoint.instance_id} {'went silent' if timeout else 'broke off'} "
+                f"mid-response ({e}); retry",
+                "upstream_timeout" if timeout else "upstream_failed",
+            )
+            if started or (record is not None and record.started.is_set()):
+                # The event stream already started: end it with an error event, as engines do, so
+                # the client learns the answer was cut short rather than seeing it merely stop. The
+                # blank lines first close whatever event the engine was cut off in.
+                event = b"\n\ndata: " + error.body() + b"\n\ndata: [DONE]\n\n"
+                if record is not None:
+                    record.append(event)
+                else:
+                    await down.write(event)
+                    await down.end()
+            else:
+                raise error from e
         finally:
             conn.release()  # closes unless the response ended cleanly: the engine stops generating
             if record is not None:

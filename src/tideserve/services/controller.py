@@ -78,11 +78,13 @@ class Controller:
         home: Path,
         platform: LocalPlatform | None = None,
         inflight: Callable[[str], int] = lambda _id: 0,
+        unroute: Callable[[str], None] = lambda _id: None,
     ) -> None:
         self.store = store
         self.home = home
         self.platform = platform or LocalPlatform()
         self.inflight = inflight  # requests the gateway has open to an instance
+        self.unroute = unroute  # tells the gateway in this process to stop choosing an instance
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -423,6 +425,9 @@ class Controller:
             self._forget(s, svc, inst, f"stopped ({cause}): it was {inst.state}, with nothing to drain")
             return
         log.info("instance %s draining", inst.id)
+        # Before the state is written: the gateway's table learns it only at its next read of the
+        # store, and in between new requests would still be sent to an instance that is leaving.
+        self.unroute(inst.id)
         inst.state, inst.drain_since = rollout.DRAINING, now
         _instance_event(
             s,
