@@ -221,6 +221,21 @@ def test_valid(source, check):
             "above maxReplicas=2",
         ),
         (document(replica=2), "spec.replica", "did you mean 'replicas'"),
+        (
+            document(autoscaling={"maxReplica": 3, "targets": [{"metric": "waitingPerReplica", "value": 1}]}),
+            "spec.autoscaling.maxReplica",
+            "did you mean 'maxReplicas'",
+        ),
+        (
+            document(autoscaling={"maxReplicas": 3, "targets": [{"metric": "waitingPerReplica", "valu": 1}]}),
+            "spec.autoscaling.targets.0.valu",
+            "did you mean 'value'",
+        ),
+        (
+            document(autoscaling={"targets": [{"metric": "waitingPerReplica", "value": 1}]}),
+            "spec.autoscaling.maxReplicas",
+            "is required: set the most replicas",
+        ),
         (document(resources={"gpu": 1}), "spec.resources.gpu", "did you mean 'gpus'"),
         (document(parameters={"tpsize": 1}), "spec.parameters.tpsize", "did you mean 'tpSize'"),
         (document(replicas="two"), "spec.replicas", "must be a whole number, got 'two'"),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,7 +43,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 # spec.py's conventions, shared so this model mounts under spec.autoscaling of a ServiceSpec and its
 # errors read (and nest) like every other field's there.
-from tideserve.services.specbase import FieldError, SpecError, _Model, _Violations
+from tideserve.services.specbase import FieldError, SpecError, _Model, _Violations, model_at
 
 Metric = Literal[
     "waiting_per_replica",
@@ -426,7 +425,7 @@ def _field_errors(error: ValidationError, prefix: str) -> list[FieldError]:
         if isinstance(cause, _Violations):
             out += [{"loc": f"{loc}.{sub}" if loc else sub, "msg": msg} for sub, msg in cause.items]
         elif item["type"] == "missing":
-            hint = _REQUIRED_HINTS.get(parts[-1])
+            hint = required_hint(parts[-1])
             out.append({"loc": loc, "msg": f"is required: {hint}" if hint else "is required"})
         elif item["type"] == "extra_forbidden":
             out.append({"loc": loc, "msg": _unknown_field(item["loc"], prefix)})
@@ -463,25 +462,10 @@ def _unknown_field(loc: tuple[Any, ...], prefix: str) -> str:
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = AutoscalingSpec
-    for part in path:
-        if isinstance(part, int):
-            continue  # a list index: the item model was found with the list's field
-        fields = {f.alias or n: f for n, f in model.model_fields.items()}
-        field = fields.get(part) or model.model_fields.get(part)
-        inner = _item_model(field.annotation) if field else None
-        if inner is None:
-            return None
-        model = inner
-    return model
+    return model_at(AutoscalingSpec, path)
 
 
-def _item_model(annotation: Any) -> type[BaseModel] | None:
-    """The model inside `M`, `M | None` or `list[M]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _item_model(arg)
-        if found is not None:
-            return found
-    return None
+def required_hint(field: str) -> str | None:
+    """What to write for a missing field of the policy, by its name (a service document's errors use
+    it too)."""
+    return _REQUIRED_HINTS.get(field)

@@ -38,8 +38,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from tideserve.autoscaler.policy import AutoscalingSpec
-from tideserve.services.specbase import FieldError, SpecError, _Model, _Violations
+from tideserve.autoscaler.policy import AutoscalingSpec, required_hint
+from tideserve.services.specbase import FieldError, SpecError, _Model, _Violations, model_at
 
 __all__ = ["FieldError", "SpecError"]  # re-exported: callers import the error types from here
 
@@ -533,6 +533,8 @@ def _message(item: Any, loc: str) -> str:
     kind, ctx, got = item["type"], item.get("ctx", {}), item.get("input")
     if kind == "missing":
         hint = _REQUIRED_HINTS.get(loc)
+        if hint is None and loc.startswith("spec.autoscaling."):
+            hint = required_hint(loc.rsplit(".", 1)[-1])
         return f"is required: {hint}" if hint else "is required"
     if kind == "extra_forbidden":
         return _unknown_field(item["loc"])
@@ -581,15 +583,7 @@ def _unknown_field(loc: tuple[Any, ...]) -> str:
 
 
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] = ServiceSpec
-    for part in path:
-        fields = {f.alias or n: f for n, f in model.model_fields.items()}
-        field = fields.get(part) or model.model_fields.get(part)
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
+    return model_at(ServiceSpec, path)
 
 
 def _show(value: Any) -> str:

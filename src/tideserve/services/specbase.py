@@ -3,7 +3,8 @@ the autoscaling policy (mounted under `spec.autoscaling`) and the service spec c
 
 from __future__ import annotations
 
-from typing import TypedDict
+import typing
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -41,3 +42,30 @@ class _Model(BaseModel):
         strict=True,
         allow_inf_nan=False,
     )
+
+
+def model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model a document path leads to from `root` (for "did you mean" on an unknown field), through
+    `M | None` and `list[M]` fields; None where the path leaves the models."""
+    model = root
+    for part in path:
+        if isinstance(part, int):
+            continue  # a list index: the item model was found with the list's field
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        field = fields.get(part) or model.model_fields.get(part)
+        inner = _item_model(field.annotation) if field else None
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _item_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside `M`, `M | None` or `list[M]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _item_model(arg)
+        if found is not None:
+            return found
+    return None
