@@ -206,6 +206,9 @@ async def main_async(args: argparse.Namespace) -> None:
         async with httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits, trust_env=False
         ) as c:
+            POLICY["minReplicas"] = args.min_replicas
+            if args.min_replicas:
+                POLICY.pop("idleToZeroSeconds", None)  # only with a floor of 0
             r = await c.post("/api/v1/services", json=SERVICE)
             r.raise_for_status()
             while (await c.get(f"/api/v1/services/{NAME}")).json()["status"] != "Running":
@@ -231,6 +234,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="stretch the trace's durations")
     ap.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT p99 objective per 10 s window (s)")
+    ap.add_argument("--min-replicas", type=int, default=0, help="the policy's floor: 0 scales to zero")
     asyncio.run(main_async(ap.parse_args()))
 
 
