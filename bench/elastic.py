@@ -28,29 +28,39 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 NAME = "tide"
 # (seconds, requests/s): ramp, a 10x burst, back down, a trough to zero, then one request from zero.
 TRACE = [(30, 0.1), (30, 0.2), (25, 2.0), (20, 0.2), (45, 0.0)]
-POLICY = {
-    "minReplicas": 0,
-    "maxReplicas": 2,
-    "targets": [{"metric": "waitingPerReplica", "value": 1}],
-    "idleToZeroSeconds": 20,
-    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 10}},
-}
-SERVICE = {
-    "metadata": {"name": NAME},
-    "spec": {
-        "model": "smollm2-135m-instruct",
-        "replicas": 1,
-        "resources": {"cpu": 1, "memory": "1Gi", "gpus": 0},
-        "parameters": {"maxModelLen": 2048, "maxBatchSize": 2},
-        "autoscaling": POLICY,
-    },
-}
+
+
+def policy(min_replicas: int) -> dict[str, Any]:
+    scale_to_zero = {"idleToZeroSeconds": 20} if min_replicas == 0 else {}  # only with a floor of 0
+    return {
+        "minReplicas": min_replicas,
+        "maxReplicas": 2,
+        "targets": [{"metric": "waitingPerReplica", "value": 1}],
+        **scale_to_zero,
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 10}},
+    }
+
+
+def service(autoscaling: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": "smollm2-135m-instruct",
+            "replicas": 1,
+            "resources": {"cpu": 1, "memory": "1Gi", "gpus": 0},
+            "parameters": {"maxModelLen": 2048, "maxBatchSize": 2},
+            "autoscaling": autoscaling,
+        },
+    }
+
+
 PROMPT = "Write a short poem about the sea, in four lines."
 
 
@@ -133,7 +143,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def report(run: Run, home: Path, scale: float, slo: float) -> None:
+def report(run: Run, home: Path, scale: float, slo: float, autoscaling: dict[str, Any]) -> None:
     burst_start = sum(d for d, _ in TRACE[:2]) * scale
     burst_end = burst_start + TRACE[2][0] * scale
     # The first request a second instance served after the burst began, from the gateway's access log.
@@ -158,7 +168,7 @@ def report(run: Run, home: Path, scale: float, slo: float) -> None:
     peak = max(n for _, _, n in run.replicas)
     duration = run.replicas[-1][0] - run.replicas[0][0]
     static = peak * duration
-    print(f"\ntrace: {TRACE} (x{scale}); policy: {json.dumps(POLICY)}")
+    print(f"\ntrace: {TRACE} (x{scale}); policy: {json.dumps(autoscaling)}")
     print(f"requests: {len(run.results)}, failed: {len(failed)}")
     for r in failed[:5]:
         print(f"  failed at {r.sent_at:.1f} s: {r.status} {r.error}")
@@ -178,6 +188,7 @@ def report(run: Run, home: Path, scale: float, slo: float) -> None:
 
 async def main_async(args: argparse.Namespace) -> None:
     home = Path(tempfile.mkdtemp(prefix="tideserve-bench-elastic-"))
+    autoscaling = policy(args.min_replicas)
     port = free_port()
     env = {**os.environ, "TIDESERVE_HOME": str(home)}
     cmd = [
@@ -206,10 +217,7 @@ async def main_async(args: argparse.Namespace) -> None:
         async with httpx.AsyncClient(
             base_url=base, headers={"Authorization": f"Bearer {key}"}, limits=limits, trust_env=False
         ) as c:
-            POLICY["minReplicas"] = args.min_replicas
-            if args.min_replicas:
-                POLICY.pop("idleToZeroSeconds", None)  # only with a floor of 0
-            r = await c.post("/api/v1/services", json=SERVICE)
+            r = await c.post("/api/v1/services", json=service(autoscaling))
             r.raise_for_status()
             while (await c.get(f"/api/v1/services/{NAME}")).json()["status"] != "Running":
                 await asyncio.sleep(0.5)
@@ -224,7 +232,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for e in reversed(events):
             if e["reason"] == "Autoscaled":
                 print(f"  {e['at'][11:19]} {e['message']}")
-        report(run, home, args.scale, args.slo_ttft)
+        report(run, home, args.scale, args.slo_ttft, autoscaling)
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(120)

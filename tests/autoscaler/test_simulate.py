@@ -9,8 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tideserve.autoscaler.decide import History, InstanceSample, Observation, decide
-from tideserve.autoscaler.loop import INTERVAL_S
+from tideserve.autoscaler.decide import INTERVAL_S, History, InstanceSample, Observation, decide
 from tideserve.autoscaler.policy import (
     DEFAULT_SCALE_DOWN,
     Autoscaling,

@@ -4,13 +4,14 @@ overview behind `tideserve top`."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
 
-from tideserve.api.deps import Admin, Ctx
+from tideserve.api.deps import Admin, Context, Ctx
 from tideserve.api.resources import find_cluster, find_node
 from tideserve.durations import duration_seconds
 from tideserve.errors import ApiError, invalid
@@ -49,31 +50,34 @@ def _reading() -> Iterator[None]:
         raise ApiError(503, str(e), "metrics_unavailable") from None
 
 
-@router.get("/services/{name}/metrics")
-def service_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
+def _view(
+    ctx: Context,
+    find: Callable[[Session, str], object],
+    view: Callable[[views.MetricSource, str, float, float], dict[str, Any]],
+    name: str,
+    window: str,
+) -> dict[str, Any]:
+    """`find` answers 404 for an unknown name before any figure is read."""
     start, now = _span(window)
     with ctx.store.session() as s:
-        manager.get(s, name)  # 404 for an unknown service
+        find(s, name)
     with _reading():
-        return views.service_view(ctx.metrics, name, start, now)
+        return view(ctx.metrics, name, start, now)
+
+
+@router.get("/services/{name}/metrics")
+def service_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
+    return _view(ctx, manager.get, views.service_view, name, window)
 
 
 @router.get("/nodes/{name}/metrics")
 def node_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
-    start, now = _span(window)
-    with ctx.store.session() as s:
-        find_node(s, name)  # 404 for an unknown node
-    with _reading():
-        return views.node_view(ctx.metrics, name, start, now)
+    return _view(ctx, find_node, views.node_view, name, window)
 
 
 @router.get("/clusters/{name}/metrics")
 def cluster_metrics(ctx: Ctx, name: str, window: str = Window) -> dict[str, Any]:
-    start, now = _span(window)
-    with ctx.store.session() as s:
-        find_cluster(s, name)  # 404 for an unknown cluster
-    with _reading():
-        return views.cluster_view(ctx.metrics, name, start, now)
+    return _view(ctx, find_cluster, views.cluster_view, name, window)
 
 
 @router.get("/monitoring/overview")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from tideserve.autoscaler.policy import Autoscaling, Behavior, Metric, Target, holding
@@ -26,6 +26,11 @@ from tideserve.autoscaler.policy import Autoscaling, Behavior, Metric, Target, h
 # HPA's --horizontal-pod-autoscaler-initial-readiness-delay: a just-started instance's numbers do not
 # show its share of the load yet (the balancer has only begun to send it requests).
 STARTUP_GRACE_S = 30.0
+
+# The live loop (loop.py) decides this often and leaves out collector figures older than this (missing,
+# in HPA's terms); the simulator mirrors both.
+INTERVAL_S = 2.0
+METRIC_FRESH_S = 20.0
 
 # Ratios are floats: 4.4 / 4 * 5 is 5.500000000000001, and 3 * 1.1 rounds the other way; rounding
 # before ceil and comparing with a margin gives the answer the decimal numbers mean. HPA avoids the
@@ -493,3 +498,17 @@ def _show(metric: Metric, value: float) -> str:
 
 def _num(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+def with_gateway_queue(samples: list[InstanceSample], queued: int) -> list[InstanceSample]:
+    """Requests the gateway holds for a service (its in-flight cap per instance reached) wait as surely
+    as those queued inside an engine: spread them over the ready instances' waiting counts."""
+    ready = [i for i, x in enumerate(samples) if x.ready and "waiting_per_replica" in x.values]
+    if not queued or not ready:
+        return samples
+    out = list(samples)
+    for i in ready:
+        values = dict(out[i].values)
+        values["waiting_per_replica"] += queued / len(ready)
+        out[i] = replace(out[i], values=values)
+    return out

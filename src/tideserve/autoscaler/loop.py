@@ -15,13 +15,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tideserve.autoscaler.decide import History, InstanceSample, Observation, decide
+from tideserve.autoscaler.decide import (
+    INTERVAL_S,
+    METRIC_FRESH_S,
+    History,
+    InstanceSample,
+    Observation,
+    decide,
+    with_gateway_queue,
+)
 from tideserve.autoscaler.policy import Autoscaling, Metric, from_spec
 from tideserve.gateway.proxy import Gateway
 from tideserve.observability.tsdb import TimeSeriesStore
@@ -33,10 +41,8 @@ from tideserve.store.models import Instance, Service
 
 log = logging.getLogger("tideserve.autoscaler")
 
-INTERVAL_S = 2.0
 ENDPOINT_FRESH_S = 3.0  # an endpoint load older than this is not the instance's load any more
-METRIC_FRESH_S = 20.0  # a collector figure older than this is left out (missing, in HPA's terms)
-# The collector's figures each metric reads: (stored name, extra labels).
+# The collector's figures each metric reads, per instance and (with extra labels) per service.
 INSTANCE_FIGURES: dict[Metric, str] = {
     "requests_per_s": "tideserve_instance_requests_per_second",
     "gpu_utilization": "tideserve_instance_gpu_utilization_ratio",
@@ -55,28 +61,6 @@ class GatewayView:
     last_request_at: dict[str, float]  # by service, unix seconds
 
 
-@dataclass(frozen=True)
-class Change:
-    service: str
-    before: int
-    after: int
-    reason: str
-
-
-def with_gateway_queue(samples: list[InstanceSample], queued: int) -> list[InstanceSample]:
-    """Requests the gateway holds for a service (its in-flight cap per instance reached) wait as surely
-    as those queued inside an engine: spread them over the ready instances' waiting counts."""
-    ready = [i for i, x in enumerate(samples) if x.ready and "waiting_per_replica" in x.values]
-    if not queued or not ready:
-        return samples
-    out = list(samples)
-    for i in ready:
-        values = dict(out[i].values)
-        values["waiting_per_replica"] += queued / len(ready)
-        out[i] = replace(out[i], values=values)
-    return out
-
-
 class Autoscaler:
     def __init__(
         self,
@@ -91,10 +75,8 @@ class Autoscaler:
         self.histories: dict[str, History] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self.gateway.on_wait = self.wake
         self._task = asyncio.create_task(self._run(), name="autoscaler")
 
@@ -113,11 +95,11 @@ class Autoscaler:
             self._wake.clear()
             try:
                 seen = self._gateway_view()
-                changes = await asyncio.to_thread(self.round, time.time(), seen)
+                changed = await asyncio.to_thread(self.round, time.time(), seen)
             except Exception:  # a bad round (a store hiccup) must not end autoscaling
                 log.exception("autoscaler round failed")
                 continue
-            if changes:
+            if changed:
                 self.controller.wake()
 
     def _gateway_view(self) -> GatewayView:
@@ -136,24 +118,21 @@ class Autoscaler:
         queued = {name: len(q) for name, q in self.gateway.queues.items()}
         return GatewayView(loads, queued, dict(self.gateway.last_request_at))
 
-    def round(self, now: float, seen: GatewayView) -> list[Change]:
-        changes: list[Change] = []
+    def round(self, now: float, seen: GatewayView) -> bool:
+        """Decides for every autoscaled service; True when a count changed (the reconciler has work)."""
+        changed = False
         with self.store.session() as s:
             for svc in s.scalars(select(Service).where(Service.deleting.is_(False))):
                 body = svc.spec["spec"]
                 if not body.get("autoscaling"):
                     self.histories.pop(svc.name, None)
                     continue
-                change = self._service_round(s, svc, body, now, seen)
-                if change is not None:
-                    changes.append(change)
-        for c in changes:
-            log.info("service %s: %s", c.service, c.reason)
-        return changes
+                changed |= self._service_round(s, svc, body, now, seen)
+        return changed
 
     def _service_round(
         self, s: Session, svc: Service, body: dict[str, Any], now: float, seen: GatewayView
-    ) -> Change | None:
+    ) -> bool:
         policy: Autoscaling = from_spec(body["autoscaling"])
         current = desired_of(svc.revision, body, autoscaled=svc.autoscaled_replicas).replicas
         instances = s.scalars(
@@ -187,7 +166,8 @@ class Autoscaler:
             ],
         )
         if decision.replicas == current:
-            return None
+            return False
+        log.info("service %s: %s", svc.name, decision.reason)
         svc.autoscaled_replicas = decision.replicas
         events.record(
             s,
@@ -200,7 +180,7 @@ class Autoscaler:
                 "metrics": {m: st._asdict() for m, st in decision.metrics.items()},
             },
         )
-        return Change(svc.name, current, decision.replicas, decision.reason)
+        return True
 
     def _sample(self, inst: Instance, load: dict[Metric, float], now: float) -> InstanceSample:
         values = dict(load)

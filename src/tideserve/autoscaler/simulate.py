@@ -56,8 +56,15 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, ValidationError
 
-from tideserve.autoscaler.decide import History, InstanceSample, Observation, decide
-from tideserve.autoscaler.loop import INTERVAL_S, METRIC_FRESH_S, with_gateway_queue
+from tideserve.autoscaler.decide import (
+    INTERVAL_S,
+    METRIC_FRESH_S,
+    History,
+    InstanceSample,
+    Observation,
+    decide,
+    with_gateway_queue,
+)
 from tideserve.autoscaler.policy import Autoscaling, Metric, _next_firing, from_spec, holding
 from tideserve.gateway.endpoints import DEFAULT_MAX_BATCH
 from tideserve.observability.collector import INTERVAL_S as COLLECT_INTERVAL_S

@@ -6,7 +6,7 @@ const COLORS = ["#1f6feb", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#0a7ea4"
 
 // uPlot wants one shared x array; the series of one view share the collector's rounds, so the
 // union of their times is small, and a time a series lacks is a gap (null), not a zero.
-export function align(series, keys) {
+function align(series, keys) {
   const times = [...new Set(keys.flatMap((k) => (series[k] || []).map((p) => p[0])))].sort((a, b) => a - b);
   const index = new Map(times.map((t, i) => [t, i]));
   const columns = keys.map((k) => {

@@ -114,7 +114,7 @@ const LABELS = {
 };
 
 // "A=1\nB=two" → [{A: "1", B: "two"}, null] or [null, "line 2: ..."]
-export function parseEnv(text) {
+function parseEnv(text) {
   const env = {};
   const lines = text.split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {

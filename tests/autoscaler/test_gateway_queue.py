@@ -1,9 +1,8 @@
-"""The one decision the loop makes itself: requests held at the gateway count as waiting."""
+"""Requests held at the gateway count as waiting, spread over the ready instances."""
 
 import pytest
 
-from tideserve.autoscaler.decide import InstanceSample
-from tideserve.autoscaler.loop import with_gateway_queue
+from tideserve.autoscaler.decide import InstanceSample, with_gateway_queue
 
 READY = InstanceSample(ready=True, started_at=0, values={"waiting_per_replica": 1.0})
 STARTING = InstanceSample(ready=False, started_at=0, values={})
