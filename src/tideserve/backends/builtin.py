@@ -1,34 +1,67 @@
-"""Launch arguments for the built-in engine (`python -m tideserve.engine`) from a service spec."""
+"""The built-in engine (`python -m tideserve.engine`): it speaks vLLM's flags and metric names where
+they mean the same thing, so this adapter is mostly a pass-through."""
 
 from __future__ import annotations
 
 import math
 import sys
-from typing import Any
+from collections.abc import Mapping
 
-HEALTH_PATH = "/health"
+from tideserve import __version__
+from tideserve.backends.base import LaunchContext, Where
+
+# The canonical names are vLLM v1's (DESIGN.md), which the built-in engine publishes as they are.
+METRIC_NAMES: Mapping[str, tuple[str, ...]] = {
+    "running": ("vllm:num_requests_running",),
+    "waiting": ("vllm:num_requests_waiting",),
+    "kv_usage": ("vllm:kv_cache_usage_perc",),
+    "prefix_queries": ("vllm:prefix_cache_queries",),
+    "prefix_hits": ("vllm:prefix_cache_hits",),
+    "cache_tokens": ("vllm:cache_tokens",),
+    "prompt_tokens": ("vllm:prompt_tokens",),
+    "generation_tokens": ("vllm:generation_tokens",),
+    "preemptions": ("vllm:num_preemptions",),
+    "ttft": ("vllm:time_to_first_token_seconds",),
+    "tpot": ("vllm:inter_token_latency_seconds",),
+    "e2e": ("vllm:e2e_request_latency_seconds",),
+    "queue": ("vllm:request_queue_time_seconds",),
+}
 
 
-def launch_argv(service: str, model_ref: str, spec: dict[str, Any], port: int) -> list[str]:
-    """`spec` is the document's `spec` body (camelCase, defaults applied)."""
-    params = spec.get("parameters", {})
-    gpus = int(spec.get("resources", {}).get("gpus", 0))
-    cpus = float(spec.get("resources", {}).get("cpu", 1))
-    argv = [
-        sys.executable, "-m", "tideserve.engine",
-        "--model", model_ref,
-        "--served-model-name", service,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--device", "cuda" if gpus else "cpu",
-        "--max-batch-size", str(params.get("maxBatchSize", 32)),
-        "--gpu-memory-utilization", str(params.get("gpuMemoryUtilization", 0.9)),
-    ]  # fmt: skip
-    if params.get("maxModelLen"):
-        argv += ["--max-model-len", str(params["maxModelLen"])]
-    if params.get("maxNumBatchedTokens"):
-        argv += ["--max-num-batched-tokens", str(params["maxNumBatchedTokens"])]
-    if not gpus:
-        # The CPU share a spec asks for becomes the engine's thread count (at least one).
-        argv += ["--threads", str(max(1, math.ceil(cpus)))]
-    return argv
+class BuiltinAdapter:
+    name = "builtin"
+    targets = f"tideserve {__version__}"
+    image = f"tideserve/tideserve:{__version__}"
+    health_path = "/health"
+    metric_names = METRIC_NAMES
+
+    def program(self, where: Where) -> list[str]:
+        return [sys.executable if where == "local" else "python", "-m", "tideserve.engine"]
+
+    def args(self, ctx: LaunchContext) -> list[str]:
+        params = ctx.spec.get("parameters", {})
+        resources = ctx.spec.get("resources", {})
+        gpus = int(resources.get("gpus", 0))
+        argv = [
+            "--model", ctx.model_ref,
+            "--served-model-name", ctx.service,
+            "--host", ctx.host,
+            "--port", str(ctx.port),
+            "--device", "cuda" if gpus else "cpu",
+            "--max-batch-size", str(params.get("maxBatchSize", 32)),
+            "--gpu-memory-utilization", str(params.get("gpuMemoryUtilization", 0.9)),
+        ]  # fmt: skip
+        if params.get("maxModelLen"):
+            argv += ["--max-model-len", str(params["maxModelLen"])]
+        if params.get("maxNumBatchedTokens"):
+            argv += ["--max-num-batched-tokens", str(params["maxNumBatchedTokens"])]
+        if not gpus:
+            # The CPU share a spec asks for becomes the engine's thread count (at least one).
+            argv += ["--threads", str(max(1, math.ceil(float(resources.get("cpu", 1)))))]
+        return argv
+
+    def installed(self) -> str | None:
+        return __version__  # it ships with tideserve
+
+
+BUILTIN = BuiltinAdapter()

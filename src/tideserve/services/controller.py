@@ -23,7 +23,8 @@ import psutil
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tideserve.backends import builtin
+from tideserve.backends import adapter_for
+from tideserve.backends.base import LaunchContext
 from tideserve.observability.engine_metrics import parse_engine_metrics
 from tideserve.observability.logs import service_log_dir
 from tideserve.platforms.local import Handle, Launch, LocalPlatform, free_port, log_tail
@@ -239,7 +240,7 @@ class Controller:
         if inst.state == rollout.DRAINING:
             self._observe_draining(s, svc, inst, now)
         elif inst.state in (rollout.STARTING, rollout.RUNNING):
-            ready = self._probe(inst)
+            ready = self._probe(svc, inst)
             if ready:
                 self._unready_since.pop(inst.id, None)
                 if inst.state == rollout.STARTING:
@@ -295,11 +296,11 @@ class Controller:
             return False  # unreadable: the drain timeout decides
         return load.running + load.waiting == 0
 
-    def _probe(self, inst: Instance) -> bool:
+    def _probe(self, svc: Service, inst: Instance) -> bool:
+        # spec.engine.name is immutable, so every revision's instances share the service's adapter.
+        path = adapter_for(svc.spec["spec"].get("engine", {}).get("name", "builtin")).health_path
         try:
-            return (
-                self._http.get(f"http://{inst.address}:{inst.port}{builtin.HEALTH_PATH}").status_code == 200
-            )
+            return self._http.get(f"http://{inst.address}:{inst.port}{path}").status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -404,7 +405,8 @@ class Controller:
         env[ENV_INSTANCE], env[ENV_HOME] = inst.id, str(self.home)
         if inst.gpu_indices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in inst.gpu_indices)
-        argv = builtin.launch_argv(svc.name, model_ref, spec, inst.port)
+        engine = adapter_for(spec.get("engine", {}).get("name", "builtin"))
+        argv = engine.program("local") + engine.args(LaunchContext(svc.name, model_ref, spec, inst.port))
         s.flush()  # the row exists before the process does (see sweep_orphans)
         handle = self.platform.start(Launch(argv, env, Path(inst.log_path)))
         inst.pid, inst.pid_started, inst.state = handle.pid, handle.started, rollout.STARTING

@@ -1,0 +1,1 @@
+"""The Kubernetes platform: render a service as Kubernetes objects, apply them, read their state back."""
