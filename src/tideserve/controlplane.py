@@ -22,6 +22,7 @@ from tideserve.observability.collector import INTERVAL_S, MAX_SERIES, TSDB_FILE,
 from tideserve.observability.export import TsdbExport
 from tideserve.observability.promql import PrometheusSource
 from tideserve.observability.tsdb import TimeSeriesStore
+from tideserve.platforms.kubernetes.reconcile import KubernetesDriver
 from tideserve.resources import bootstrap
 from tideserve.resources.discovery import discover
 from tideserve.services import manager
@@ -45,13 +46,17 @@ def build(
     redis_url: str | None = None,
     metrics_interval: float = INTERVAL_S,
     prometheus_url: str | None = None,
+    kubernetes: tuple[str, str] | None = None,
 ) -> tuple[FastAPI, Summary]:
+    """`kubernetes`: (cluster, namespace) of an in-cluster control plane (`--kubernetes-cluster`)."""
     store = Store(database_url(home))
     migrate(store.engine)
     machine = discover()
     with store.session() as s:
         ensure_admin_key(s, home)
         _node, first = bootstrap.register_this_machine(s, machine)
+        if kubernetes is not None:
+            bootstrap.ensure_kubernetes_cluster(s, *kubernetes)
     default = None
     if first and deploy_default:
         with store.session() as s:
@@ -62,7 +67,10 @@ def build(
             if bootstrap.has_service(s, bootstrap.DEFAULT_SERVICE):
                 default = bootstrap.DEFAULT_SERVICE
     gateway = Gateway(EndpointTable(store), KeyCache(store), limiter_for(redis_url))
-    controller = Controller(store, home, inflight=gateway.open_requests, unroute=gateway.unroute)
+    driver = KubernetesDriver(store, home, unroute=gateway.unroute)
+    controller = Controller(
+        store, home, inflight=gateway.open_requests, unroute=gateway.unroute, kubernetes=driver
+    )
     tsdb = TimeSeriesStore.load(home / TSDB_FILE, max_series=MAX_SERIES)
     gateway.metrics.registry.register(TsdbExport(tsdb))
     collector = Collector(

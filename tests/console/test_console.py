@@ -114,6 +114,13 @@ def test_playground_then_logs_by_request_id_then_monitoring(console: Console):
     page.wait_for_selector(f"[data-testid=services] a[data-service={DEFAULT_SERVICE}]")
     console.shot("cluster-monitoring-en")
 
+    console.open(f"services/{DEFAULT_SERVICE}/yaml")
+    page.wait_for_selector(".code pre:has-text('apiVersion: tideserve/v1')")
+    page.click("button[data-view=manifests]")
+    page.wait_for_selector(".code pre:has-text('kind: Deployment')")
+    assert f"name: {DEFAULT_SERVICE}" in page.inner_text(".code pre")
+    console.shot("service-manifests-en")
+
 
 PAGES = [
     ("plaza", ".card"),
@@ -144,3 +151,25 @@ def test_every_page_renders_in_both_languages(console: Console):
             page.wait_for_selector(ready)
             assert page.evaluate("document.documentElement.lang") == lang
             console.shot(f"{route.replace('/', '-')}-{lang}")
+
+
+def test_a_kubernetes_cluster_is_created_with_its_settings(console: Console):
+    page = console.page
+    console.login()
+    console.open("resources")
+    page.click("[data-testid=create-cluster]")
+    page.fill("[data-testid=cluster-form] input[name=name]", "gpu-pool")
+    page.select_option("[data-testid=cluster-form] select[name=platform]", "kubernetes")
+    page.fill("input[name='kubernetes.kubeconfig']", "/nonexistent/kubeconfig")
+    page.click("[data-testid=cluster-form] [data-testid=submit]")
+    page.wait_for_selector(".field:has(input[name='kubernetes.kubeconfig']) .error:has-text('not found')")
+    page.fill("input[name='kubernetes.kubeconfig']", "")  # in-cluster: the pod's service account
+    page.select_option("select[name='kubernetes.autoscaler']", "hpa")
+    console.shot("cluster-form-kubernetes-en")
+    page.click("[data-testid=cluster-form] [data-testid=submit]")
+    page.wait_for_selector("[data-testid=clusters] tr:has-text('gpu-pool'):has-text('kubernetes')")
+    with console.platform.client() as c:
+        made = c.get("/api/v1/clusters/gpu-pool").json()
+        assert made["kubernetes"]["autoscaler"] == "hpa" and "kubeconfig" not in made["kubernetes"]
+        assert c.delete("/api/v1/clusters/gpu-pool/groups/default").status_code == 204
+        assert c.delete("/api/v1/clusters/gpu-pool").status_code == 204

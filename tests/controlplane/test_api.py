@@ -247,3 +247,66 @@ def test_openapi_documents_the_api(shared_platform):
     } <= paths
     assert "/api/v1/services/{name}/restart" in paths and "/api/v1/services/dry-run" in paths
     assert httpx.get(shared_platform.url + "/api/docs", timeout=10).status_code == 200
+
+
+def test_kubernetes_clusters_and_groups_check_their_settings(c, tmp_path):
+    before = snapshot(c)
+    missing = c.post(
+        "/api/v1/clusters",
+        json={"name": "gpu", "platform": "kubernetes", "kubernetes": {"kubeconfig": str(tmp_path / "nope")}},
+    )
+    assert missing.status_code == 422 and "kubernetes.kubeconfig" in missing.json()["error"]["message"]
+    local_with_settings = c.post("/api/v1/clusters", json={"name": "gpu", "kubernetes": {}})
+    assert local_with_settings.status_code == 422
+    bad_ns = c.post(
+        "/api/v1/clusters", json={"name": "gpu", "platform": "kubernetes", "kubernetes": {"namespace": "No"}}
+    )
+    assert bad_ns.status_code == 422 and "namespace" in bad_ns.text
+    selector_on_local = c.post(
+        "/api/v1/clusters/local/groups", json={"name": "a100", "nodeSelector": {"x": "y"}}
+    )
+    assert (
+        selector_on_local.status_code == 422 and "kubernetes" in selector_on_local.json()["error"]["message"]
+    )
+    assert snapshot(c) == before
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    made = c.post(
+        "/api/v1/clusters",
+        json={
+            "name": "gpu",
+            "platform": "kubernetes",
+            "kubernetes": {"kubeconfig": str(kubeconfig), "istio": True},
+        },
+    )
+    assert made.status_code == 201, made.text
+    view = made.json()
+    assert view["platform"] == "kubernetes" and view["groups"] == 1
+    assert view["kubernetes"]["namespace"] == "tideserve" and view["kubernetes"]["istio"] is True
+    group = c.post(
+        "/api/v1/clusters/gpu/groups",
+        json={
+            "name": "h200",
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H200"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    )
+    assert group.status_code == 201 and group.json()["nodeSelector"] == {
+        "nvidia.com/gpu.product": "NVIDIA-H200"
+    }
+    assert c.delete("/api/v1/clusters/gpu/groups/h200").status_code == 204
+    assert c.delete("/api/v1/clusters/gpu/groups/default").status_code == 204
+    assert c.delete("/api/v1/clusters/gpu").status_code == 204
+
+
+def test_manifests_of_a_local_service_preview_kubernetes(c):
+    r = c.post("/api/v1/services/manifests", json=svc("preview"))
+    assert r.status_code == 200, r.text
+    assert r.text.startswith("# cluster local is local:") and "kind: Deployment" in r.text
+    assert "name: preview" in r.text and c.get("/api/v1/services/preview").status_code == 404
+    bad = c.post("/api/v1/services/manifests", json=svc("preview", replicas=-1))
+    assert bad.status_code == 422 and "spec.replicas" in bad.json()["error"]["message"]
+    assert c.get("/api/v1/services/nope/manifests").status_code == 404
+    unknown = c.post("/api/v1/services/manifests?cluster=mars", json=svc("preview"))
+    assert unknown.status_code == 404 and "mars" in unknown.json()["error"]["message"]

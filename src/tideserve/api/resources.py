@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tideserve.api.deps import Admin, Ctx
-from tideserve.errors import conflict, not_found
+from tideserve.errors import conflict, invalid, not_found
 from tideserve.store.models import Cluster, Instance, Node, ResourceGroup, Service
 
 router = APIRouter(prefix="/api/v1", dependencies=[Admin], tags=["resources"])
@@ -27,15 +29,52 @@ def _dns_label(v: str) -> str:
     return v
 
 
-class ClusterIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Camel(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class KubernetesIn(_Camel):
+    """A kubernetes cluster's settings (platforms/kubernetes/settings.py says what each does)."""
+
+    namespace: str = "tideserve"
+    kubeconfig: str | None = None
+    context: str | None = None
+    autoscaler: Literal["hpa", "keda"] = "keda"
+    prometheus_url: str = Field("http://prometheus-operated.monitoring.svc:9090", pattern=r"^https?://")
+    istio: bool = False
+    images: dict[Literal["builtin", "vllm", "sglang"], str] = {}
+    image_pull_secrets: list[str] = []
+    model_pvc: str | None = None
+    model_cache_dir: str = Field("/var/lib/tideserve/models", pattern=r"^/")
+    s3_pull_image: str = "amazon/aws-cli:2.22.35"
+    s3_secret: str | None = None
+    shm_size: str = "16Gi"
+    _ns = field_validator("namespace")(_dns_label)
+
+
+class ClusterIn(_Camel):
     name: str
     description: str = Field("", max_length=1000)
+    platform: Literal["local", "kubernetes"] = "local"
+    kubernetes: KubernetesIn | None = None
     _v = field_validator("name")(_dns_label)
 
+    @model_validator(mode="after")
+    def _settings_for_platform(self) -> ClusterIn:
+        if self.platform == "local" and self.kubernetes is not None:
+            raise ValueError("kubernetes settings apply to platform kubernetes: remove them or set platform")
+        if self.platform == "kubernetes" and self.kubernetes is None:
+            self.kubernetes = KubernetesIn()  # in-cluster credentials, namespace tideserve
+        return self
 
-class GroupIn(ClusterIn):
-    pass
+
+class GroupIn(_Camel):
+    name: str
+    description: str = Field("", max_length=1000)
+    # kubernetes clusters: the nodes the group's pods may land on
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    _v = field_validator("name")(_dns_label)
 
 
 class GPUIn(BaseModel):
@@ -100,7 +139,9 @@ def cluster_view(s: Session, c: Cluster) -> dict[str, Any]:
         "name": c.name,
         "description": c.description,
         "platform": c.platform,
-        "status": "Ready",
+        "status": c.status,
+        "message": c.message,
+        **({"kubernetes": c.settings} if c.platform == "kubernetes" else {}),
         "groups": len(c.groups),
         "nodes": nodes,
         "createdAt": c.created_at.isoformat(),
@@ -112,6 +153,7 @@ def group_view(s: Session, g: ResourceGroup) -> dict[str, Any]:
         "name": g.name,
         "cluster": g.cluster.name,
         "description": g.description,
+        **({k: g.settings.get(k) for k in ("nodeSelector", "tolerations")} if g.settings else {}),
         "nodes": [{"name": n.name, "status": n.status} for n in g.nodes],
         "services": _services_in(s, g.cluster.name, g.name),
         "createdAt": g.created_at.isoformat(),
@@ -154,9 +196,25 @@ def create_cluster(ctx: Ctx, body: ClusterIn) -> dict[str, Any]:
     with ctx.store.session() as s:
         if s.scalar(select(Cluster).where(Cluster.name == body.name)) is not None:
             raise conflict(f"cluster {body.name!r} already exists: pick another name")
-        c = Cluster(name=body.name, description=body.description)
+        settings: dict[str, Any] = {}
+        if body.kubernetes is not None:
+            kubeconfig = body.kubernetes.kubeconfig
+            if kubeconfig is not None and not Path(kubeconfig).expanduser().is_file():
+                raise invalid(
+                    f"kubernetes.kubeconfig: no file at {kubeconfig}: give the path of a kubeconfig the "
+                    "control plane can read, or leave it out to use the pod's service account (in-cluster)",
+                    [{"loc": "kubernetes.kubeconfig", "msg": f"{kubeconfig} not found"}],
+                )
+            if kubeconfig is not None:
+                body.kubernetes.kubeconfig = str(Path(kubeconfig).expanduser().resolve())
+            settings = body.kubernetes.model_dump(by_alias=True, exclude_none=True)
+        c = Cluster(name=body.name, description=body.description, platform=body.platform, settings=settings)
         s.add(c)
+        if body.platform == "kubernetes":
+            # Pods may land on any node until groups narrow it down with a nodeSelector.
+            s.add(ResourceGroup(cluster=c, name="default", description="Every node of the cluster."))
         s.flush()
+        ctx.controller.wake()
         return cluster_view(s, c)
 
 
@@ -192,7 +250,15 @@ def create_group(ctx: Ctx, cluster: str, body: GroupIn) -> dict[str, Any]:
         c = find_cluster(s, cluster)
         if any(g.name == body.name for g in c.groups):
             raise conflict(f"resource group {cluster}/{body.name} already exists: pick another name")
-        g = ResourceGroup(cluster=c, name=body.name, description=body.description)
+        placement = body.model_dump(by_alias=True, include={"node_selector", "tolerations"})
+        if c.platform != "kubernetes" and any(placement.values()):
+            raise invalid(
+                f"nodeSelector and tolerations apply to kubernetes clusters; {cluster!r} is "
+                f"{c.platform}: remove them, or add nodes to the group",
+                [{"loc": "nodeSelector", "msg": f"cluster {cluster} is {c.platform}"}],
+            )
+        settings = {k: v for k, v in placement.items() if v}
+        g = ResourceGroup(cluster=c, name=body.name, description=body.description, settings=settings)
         s.add(g)
         s.flush()
         return group_view(s, g)

@@ -32,10 +32,11 @@ from tideserve.observability.logs import (
     search,
     service_log_dir,
 )
+from tideserve.platforms.kubernetes.reconcile import manifests_yaml
 from tideserve.services import events, manager
 from tideserve.services.rollout import desired_of
 from tideserve.services.spec import parse_service_document, to_yaml
-from tideserve.store.models import Instance, Node, Service
+from tideserve.store.models import Cluster, Instance, Node, Service
 
 router = APIRouter(prefix="/api/v1/services", dependencies=[Admin], tags=["services"])
 
@@ -73,6 +74,7 @@ def instance_view(s: Session, inst: Instance) -> dict[str, Any]:
         "address": f"{inst.address}:{inst.port}" if inst.port else "",
         "gpus": inst.gpu_indices,
         "pid": inst.pid,
+        **({"pod": inst.pod} if inst.pod else {}),
         "restarts": inst.restarts,
         "startedAt": inst.started_at.isoformat() if inst.started_at else None,
         "readyAt": inst.ready_at.isoformat() if inst.ready_at else None,
@@ -168,6 +170,42 @@ def get_service(ctx: Ctx, name: str) -> dict[str, Any]:
 def service_yaml(ctx: Ctx, name: str) -> str:
     with ctx.store.session() as s:
         return to_yaml(parse_service_document(manager.get(s, name).spec))
+
+
+@router.get("/{name}/manifests", response_class=PlainTextResponse)
+def service_manifests(ctx: Ctx, name: str, cluster: str | None = None) -> str:
+    """The Kubernetes objects of the service: on its cluster, or on `cluster` to preview a move."""
+    with ctx.store.session() as s:
+        svc = manager.get(s, name)
+        target = _cluster(s, cluster or svc.spec["spec"]["cluster"])
+        return _manifests(s, svc.spec, svc.revision, target, svc.id)
+
+
+@router.post("/manifests", response_class=PlainTextResponse)
+async def preview_manifests(ctx: Ctx, request: Request, cluster: str | None = None) -> str:
+    """The Kubernetes objects a document would become, checked as a create would check it; deploys
+    nothing (what `tideserve services manifests -f` prints, for GitOps or a review)."""
+    body = await document_body(request)
+    with ctx.store.session() as s:
+        p = manager.prepare(s, body)
+        target = _cluster(s, cluster or p.document["spec"]["cluster"])
+        text = _manifests(s, p.document, 1, target, None)
+        s.rollback()
+        return text
+
+
+def _cluster(s: Session, name: str) -> Cluster:
+    c = s.scalar(select(Cluster).where(Cluster.name == name))
+    if c is None:
+        raise not_found("cluster", name)
+    return c
+
+
+def _manifests(s: Session, document: dict[str, Any], revision: int, cluster: Cluster, sid: int | None) -> str:
+    try:
+        return manifests_yaml(s, document, revision, cluster, sid)
+    except ValueError as e:  # a model the pods cannot get, a name too long for its suffixes
+        raise invalid(str(e)) from e
 
 
 @router.post("/{name}/restart")

@@ -37,7 +37,7 @@ from tideserve.services import events
 from tideserve.services.controller import Controller
 from tideserve.services.rollout import desired_of
 from tideserve.store.db import Store
-from tideserve.store.models import Instance, Service
+from tideserve.store.models import Cluster, Instance, Service
 
 log = logging.getLogger("tideserve.autoscaler")
 
@@ -122,9 +122,11 @@ class Autoscaler:
         """Decides for every autoscaled service; True when a count changed (the reconciler has work)."""
         changed = False
         with self.store.session() as s:
+            # On Kubernetes the policy is rendered as an HPA or a KEDA ScaledObject, which scale there.
+            local = set(s.scalars(select(Cluster.name).where(Cluster.platform == "local")))
             for svc in s.scalars(select(Service).where(Service.deleting.is_(False))):
                 body = svc.spec["spec"]
-                if not body.get("autoscaling"):
+                if not body.get("autoscaling") or body.get("cluster") not in local:
                     self.histories.pop(svc.name, None)
                     continue
                 changed |= self._service_round(s, svc, body, now, seen)

@@ -157,9 +157,33 @@ def clusters_list(output: OutOpt = Format.table, home: HomeOpt = None) -> None:
 
 
 @clusters.command("create")
-def clusters_create(name: str, description: str = "", home: HomeOpt = None) -> None:
-    Client(home).post("/api/v1/clusters", {"name": name, "description": description})
-    typer.echo(f"cluster {name} created")
+def clusters_create(
+    name: str,
+    description: str = "",
+    platform: Annotated[str, typer.Option(help="local, or kubernetes")] = "local",
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubernetes: a kubeconfig (none: the pod's service account)")
+    ] = None,
+    context: Annotated[str | None, typer.Option(help="kubernetes: the kubeconfig's context")] = None,
+    namespace: Annotated[str | None, typer.Option(help="kubernetes: where services go")] = None,
+    autoscaler: Annotated[str | None, typer.Option(help="kubernetes: keda (default) or hpa")] = None,
+    istio: Annotated[bool, typer.Option(help="kubernetes: canary weights as Istio routes")] = False,
+    model_pvc: Annotated[str | None, typer.Option(help="kubernetes: a PVC holding the models")] = None,
+    home: HomeOpt = None,
+) -> None:
+    body: dict[str, Any] = {"name": name, "description": description, "platform": platform}
+    if platform == "kubernetes":
+        settings = {
+            "kubeconfig": str(kubeconfig) if kubeconfig else None,
+            "context": context,
+            "namespace": namespace,
+            "autoscaler": autoscaler,
+            "istio": istio or None,
+            "modelPvc": model_pvc,
+        }
+        body["kubernetes"] = {k: v for k, v in settings.items() if v is not None}
+    Client(home).post("/api/v1/clusters", body)
+    typer.echo(f"cluster {name} created ({platform})")
 
 
 @clusters.command("get")
@@ -192,9 +216,23 @@ def groups_list(cluster: ClusterOpt = "local", output: OutOpt = Format.table, ho
 
 @groups.command("create")
 def groups_create(
-    name: str, cluster: ClusterOpt = "local", description: str = "", home: HomeOpt = None
+    name: str,
+    cluster: ClusterOpt = "local",
+    description: str = "",
+    node_selector: Annotated[
+        list[str] | None, typer.Option(help="kubernetes: KEY=VALUE a node must have (repeatable)")
+    ] = None,
+    toleration: Annotated[
+        list[str] | None, typer.Option(help="kubernetes: KEY[=VALUE]:EFFECT a pod tolerates (repeatable)")
+    ] = None,
+    home: HomeOpt = None,
 ) -> None:
-    Client(home).post(f"/api/v1/clusters/{cluster}/groups", {"name": name, "description": description})
+    body: dict[str, Any] = {"name": name, "description": description}
+    if node_selector:
+        body["nodeSelector"] = dict(_pair(p, "--node-selector", "KEY=VALUE") for p in node_selector)
+    if toleration:
+        body["tolerations"] = [_toleration(t) for t in toleration]
+    Client(home).post(f"/api/v1/clusters/{cluster}/groups", body)
     typer.echo(f"resource group {cluster}/{name} created")
 
 
@@ -346,6 +384,43 @@ def services_dry_run(file: FileOpt, output: OutOpt = Format.yaml, home: HomeOpt 
 def services_yaml(name: str, home: HomeOpt = None) -> None:
     """Print the service's document; `tideserve apply -f` takes it back."""
     typer.echo(Client(home).get(f"/api/v1/services/{name}/yaml").rstrip())
+
+
+@services.command("manifests")
+def services_manifests(
+    name: Annotated[str | None, typer.Argument(help="a service (or give -f)")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="a service document to render")] = None,
+    cluster: Annotated[str | None, typer.Option(help="render for this cluster (default: the spec's)")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Print the Kubernetes objects a service is (or a document would be) applied as."""
+    client = Client(home)
+    query = f"?cluster={cluster}" if cluster else ""
+    if file is not None:
+        text = client.send_document("POST", f"/api/v1/services/manifests{query}", _read(file))
+    elif name is not None:
+        text = client.get(f"/api/v1/services/{name}/manifests{query}")
+    else:
+        fail("name a service or give -f FILE")
+    typer.echo(text.rstrip())
+
+
+def _pair(text: str, option: str, form: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        fail(f"{option} {text!r}: write {form}")
+    return key, value
+
+
+def _toleration(text: str) -> dict[str, str]:
+    """KEY[=VALUE]:EFFECT, as kubectl taint writes taints."""
+    spec, sep, effect = text.rpartition(":")
+    if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute") or not spec:
+        fail(f"--toleration {text!r}: write KEY[=VALUE]:EFFECT (NoSchedule, PreferNoSchedule, NoExecute)")
+    key, eq, value = spec.partition("=")
+    if eq:
+        return {"key": key, "operator": "Equal", "value": value, "effect": effect}
+    return {"key": key, "operator": "Exists", "effect": effect}
 
 
 @services.command("restart")

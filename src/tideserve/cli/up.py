@@ -49,6 +49,20 @@ def up(
             "the embedded store",
         ),
     ] = None,
+    kubernetes_cluster: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIDESERVE_KUBERNETES_CLUSTER",
+            help="running in a pod: register (if absent) a cluster of this name on the kubernetes "
+            "platform, reached with the pod's service account",
+        ),
+    ] = None,
+    kubernetes_namespace: Annotated[
+        str,
+        typer.Option(
+            envvar="TIDESERVE_KUBERNETES_NAMESPACE", help="with --kubernetes-cluster: where services go"
+        ),
+    ] = "tideserve",
 ) -> None:
     """Run the control plane in the foreground; Ctrl-C stops it and every instance it started."""
     import uvicorn
@@ -83,6 +97,7 @@ def up(
         redis_url=redis_url,
         metrics_interval=metrics_interval,
         prometheus_url=prometheus_url,
+        kubernetes=(kubernetes_cluster, kubernetes_namespace) if kubernetes_cluster else None,
     )
     write_running(home, host, port)
     rotator = Rotator(home)  # engines write their logs straight to files and cannot rotate them

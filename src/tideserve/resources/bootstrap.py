@@ -62,3 +62,22 @@ def register_this_machine(s: Session, machine: MachineInfo) -> tuple[Node, bool]
 
 def has_service(s: Session, name: str) -> bool:
     return s.scalar(select(Service).where(Service.name == name)) is not None
+
+
+def ensure_kubernetes_cluster(s: Session, name: str, namespace: str) -> Cluster:
+    """An in-cluster control plane's own cluster (`tideserve up --kubernetes-cluster`): created with the
+    pod's service account for credentials and a `default` group of every node; kept as is once there,
+    so settings changed through the API survive restarts."""
+    cluster = s.scalar(select(Cluster).where(Cluster.name == name))
+    if cluster is None:
+        cluster = Cluster(
+            name=name,
+            description="The Kubernetes cluster this control plane runs in.",
+            platform="kubernetes",
+            settings={"namespace": namespace},
+        )
+        s.add_all([cluster, ResourceGroup(cluster=cluster, name=DEFAULT_GROUP, description="Every node.")])
+        log.info("cluster %s on kubernetes (in-cluster), services in namespace %s", name, namespace)
+    elif cluster.platform != "kubernetes":
+        raise SystemExit(f"cluster {name!r} exists on the {cluster.platform} platform: pick another name")
+    return cluster

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
@@ -33,7 +33,10 @@ from tideserve.services.fit import instance_resources
 from tideserve.services.modelref import ModelUnavailable, resolve_model_ref
 from tideserve.services.spec import parse_quantity
 from tideserve.store.db import Store
-from tideserve.store.models import Instance, Node, ResourceGroup, Revision, Service
+from tideserve.store.models import Cluster, Instance, Node, ResourceGroup, Revision, Service
+
+if TYPE_CHECKING:  # the driver imports the kubernetes client, which local-only runs need not load
+    from tideserve.platforms.kubernetes.reconcile import KubernetesDriver
 
 log = logging.getLogger("tideserve.controller")
 
@@ -80,8 +83,10 @@ class Controller:
         platform: LocalPlatform | None = None,
         inflight: Callable[[str], int] = lambda _id: 0,
         unroute: Callable[[str], None] = lambda _id: None,
+        kubernetes: KubernetesDriver | None = None,
     ) -> None:
         self.store = store
+        self.kubernetes = kubernetes
         self.home = home
         self.platform = platform or LocalPlatform()
         self.inflight = inflight  # requests the gateway has open to an instance
@@ -120,11 +125,14 @@ class Controller:
             self._thread.join(timeout=30)
         if stop_instances:
             self.stop_all()
+        if self.kubernetes is not None:
+            self.kubernetes.close()
         self._http.close()
 
     def stop_all(self) -> None:
         with self.store.session() as s:
-            instances = list(s.scalars(select(Instance)))
+            # Pods are left running: a control plane going down must not take a cluster's services along.
+            instances = list(s.scalars(select(Instance).where(Instance.pod == "")))
             handles = [_handle(i) for i in instances if i.pid]
             for h in handles:
                 self.platform.terminate(h)
@@ -158,12 +166,15 @@ class Controller:
 
     def reconcile_once(self) -> None:
         with self.store.session() as s:
-            names = list(s.scalars(select(Service.name)))
+            local = set(s.scalars(select(Cluster.name).where(Cluster.platform == "local")))
+            names = [svc.name for svc in s.scalars(select(Service)) if svc.spec["spec"]["cluster"] in local]
         for name in names:
             with self.store.session() as s:
                 svc = s.scalar(select(Service).where(Service.name == name))
                 if svc is not None:
                     self._reconcile(s, svc)
+        if self.kubernetes is not None:
+            self.kubernetes.reconcile_once()  # services on kubernetes clusters
 
     def _reconcile(self, s: Session, svc: Service) -> None:
         now = _now()

@@ -56,6 +56,11 @@ class Cluster(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     platform: Mapped[str] = mapped_column(String(16), default="local")
+    # kubernetes: platforms/kubernetes/settings.py KubeSettings, camelCase as users write it
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # kubernetes: the reconciler's last contact with the API server (Ready, or Unreachable + why)
+    status: Mapped[str] = mapped_column(String(16), default="Ready")
+    message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     groups: Mapped[list[ResourceGroup]] = relationship(back_populates="cluster", order_by="ResourceGroup.id")
 
@@ -67,6 +72,8 @@ class ResourceGroup(Base):
     cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"))
     name: Mapped[str] = mapped_column(String(63))
     description: Mapped[str] = mapped_column(Text, default="")
+    # kubernetes: {"nodeSelector": {...}, "tolerations": [...]}: where the group's pods may land
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     cluster: Mapped[Cluster] = relationship(back_populates="groups")
     nodes: Mapped[list[Node]] = relationship(back_populates="group", order_by="Node.id")
@@ -134,7 +141,8 @@ class Instance(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
     revision: Mapped[int] = mapped_column(Integer)
-    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id"))  # None: a pod not yet scheduled
+    pod: Mapped[str] = mapped_column(String(253), default="")  # kubernetes: the pod's name
     role: Mapped[str] = mapped_column(String(8), default="both")
     state: Mapped[str] = mapped_column(String(16), default="Pending")
     address: Mapped[str] = mapped_column(String(255), default="")

@@ -8,6 +8,9 @@ import {
 register({
   en: {
     "res.title": "Resources", "res.clusters": "Clusters", "res.machines": "Machines", "res.platform": "Platform",
+    "res.local": "Local (processes on this machine)", "res.namespace": "Namespace for services", "res.kubeconfig": "Kubeconfig path",
+    "res.kubeconfigHint": "A file the control plane can read; empty: the pod's service account (in-cluster).",
+    "res.autoscaler": "Autoscaling renders as", "res.istio": "Istio installed (canary weights as routes)", "res.yes": "Yes", "res.no": "No",
     "res.groups": "Resource groups", "res.nodes": "Nodes", "res.services": "Services",
     "res.createCluster": "Create cluster", "res.createGroup": "Create resource group",
     "res.clusterCreated": "Cluster {name} created.", "res.groupCreated": "Resource group {name} created.",
@@ -34,6 +37,9 @@ register({
   },
   zh: {
     "res.title": "资源管理", "res.clusters": "应用集群", "res.machines": "机器", "res.platform": "平台",
+    "res.local": "本机（本机进程）", "res.namespace": "服务所在命名空间", "res.kubeconfig": "Kubeconfig 路径",
+    "res.kubeconfigHint": "控制面可读的文件；留空：使用 Pod 的服务账号（集群内）。",
+    "res.autoscaler": "弹性伸缩渲染为", "res.istio": "已安装 Istio（灰度权重走路由）", "res.yes": "是", "res.no": "否",
     "res.groups": "资源组", "res.nodes": "节点", "res.services": "服务",
     "res.createCluster": "创建集群", "res.createGroup": "创建资源组",
     "res.clusterCreated": "集群 {name} 已创建。", "res.groupCreated": "资源组 {name} 已创建。",
@@ -126,18 +132,31 @@ function ClusterList() {
       <button class="primary" data-testid="create-cluster" onClick=${() => setCreating(true)}>${t("res.createCluster")}</button></div>
     ${error && html`<p class="error">${error.message}</p>`}
     <${Table} testid="clusters" columns=${columns} rows=${data} />
-    ${creating && html`<${NameForm} title=${t("res.createCluster")} apiPath="/api/v1/clusters" testid="cluster-form"
+    ${creating && html`<${NameForm} title=${t("res.createCluster")} apiPath="/api/v1/clusters" testid="cluster-form" platforms=${true}
       done=${(c) => t("res.clusterCreated", { name: c.name })} onCreated=${reload} onClose=${() => setCreating(false)} />`}
     ${deleting && html`<${Confirm} title=${t("res.deleteCluster", { name: deleting })} message=${t("res.deleteClusterMsg")} confirmText=${deleting}
       action=${removal(path("clusters", deleting), t("res.clusterDeleted"), reload)} onClose=${() => setDeleting(null)} />`}`;
 }
 
-// Create a cluster or a resource group: both are a DNS-label name and a description.
-function NameForm({ title, apiPath, testid, done, onCreated, onClose }) {
-  const form = useForm({ name: "", description: "" });
+// Create a cluster or a resource group: both are a DNS-label name and a description; a cluster also
+// has a platform, and on Kubernetes how to reach it and what it has.
+function NameForm({ title, apiPath, testid, done, onCreated, onClose, platforms = false }) {
+  const form = useForm({ name: "", description: "", platform: "local", "kubernetes.namespace": "tideserve",
+    "kubernetes.kubeconfig": "", "kubernetes.autoscaler": "keda", "kubernetes.istio": "false" });
+  const kube = platforms && form.values.platform === "kubernetes";
+  const body = (v) => ({
+    name: v.name.trim(), description: v.description,
+    ...(platforms ? { platform: v.platform } : {}),
+    ...(kube ? { kubernetes: {
+      namespace: v["kubernetes.namespace"].trim(), autoscaler: v["kubernetes.autoscaler"], istio: v["kubernetes.istio"] === "true",
+      ...(v["kubernetes.kubeconfig"].trim() ? { kubeconfig: v["kubernetes.kubeconfig"].trim() } : {}),
+    } } : {}),
+  });
+  const select = (key, options) => html`<select ...${form.bind(key)} onChange=${(e) => form.set(key, e.target.value)}>
+    ${options.map(([v, label]) => html`<option value=${v} selected=${form.values[key] === v}>${label}</option>`)}</select>`;
   const save = async (e) => {
     e.preventDefault();
-    const made = await form.submit((v) => api(apiPath, { method: "POST", body: { name: v.name.trim(), description: v.description } }));
+    const made = await form.submit((v) => api(apiPath, { method: "POST", body: body(v) }));
     if (!made) return;
     toast(done(made), "ok");
     onCreated();
@@ -147,6 +166,12 @@ function NameForm({ title, apiPath, testid, done, onCreated, onClose }) {
     <form data-testid=${testid} novalidate onSubmit=${save}>
       <${Field} label=${t("name")} error=${form.error("name")} hint=${t("res.nameHint")}><input ...${form.bind("name")} autocomplete="off" /><//>
       <${Field} label=${t("description")} error=${form.error("description")}><textarea ...${form.bind("description")} rows="3" maxlength="1000"></textarea><//>
+      ${platforms && html`<${Field} label=${t("res.platform")} error=${form.error("platform")}>${select("platform", [["local", t("res.local")], ["kubernetes", "Kubernetes"]])}<//>`}
+      ${kube && html`
+        <${Field} label=${t("res.namespace")} error=${form.error("kubernetes.namespace")}><input ...${form.bind("kubernetes.namespace")} autocomplete="off" /><//>
+        <${Field} label=${t("res.kubeconfig")} error=${form.error("kubernetes.kubeconfig")} hint=${t("res.kubeconfigHint")}><input ...${form.bind("kubernetes.kubeconfig")} autocomplete="off" /><//>
+        <${Field} label=${t("res.autoscaler")} error=${form.error("kubernetes.autoscaler")}>${select("kubernetes.autoscaler", [["keda", "KEDA"], ["hpa", "HPA v2"]])}<//>
+        <${Field} label=${t("res.istio")} error=${form.error("kubernetes.istio")}>${select("kubernetes.istio", [["false", t("res.no")], ["true", t("res.yes")]])}<//>`}
       <div class="actions">
         <button type="button" onClick=${onClose}>${t("cancel")}</button>
         <button class="primary" type="submit" disabled=${form.busy} data-testid="submit">${t("create")}</button>

@@ -26,6 +26,7 @@ register({
     "logs.instance": "Instance", "logs.all": "All instances", "logs.grep": "Keyword", "logs.requestId": "Request id",
     "logs.sessionId": "Session id", "logs.lines": "Lines", "logs.follow": "Follow", "logs.search": "Search",
     "ev.at": "Time", "ev.reason": "Reason", "ev.message": "Message", "ev.instance": "Instance",
+    "yaml.yaml": "Service document", "yaml.manifests": "Kubernetes manifests",
   },
   zh: {
     "svc.title": "推理服务", "svc.new": "新建推理服务", "svc.access": "访问方式",
@@ -47,6 +48,7 @@ register({
     "logs.instance": "实例", "logs.all": "全部实例", "logs.grep": "关键字", "logs.requestId": "请求 ID",
     "logs.sessionId": "会话 ID", "logs.lines": "行数", "logs.follow": "实时跟踪", "logs.search": "搜索",
     "ev.at": "时间", "ev.reason": "原因", "ev.message": "信息", "ev.instance": "实例",
+    "yaml.yaml": "服务定义", "yaml.manifests": "Kubernetes 清单",
   },
 });
 
@@ -231,8 +233,15 @@ function Events({ name }) {
   return html`<${Table} testid="events" columns=${columns} rows=${data?.items} rowKey=${(e) => `${e.at}${e.reason}${e.message}`} />`;
 }
 
+// The service document, or the Kubernetes objects it is applied as (on a local cluster: what it would be).
 function Yaml({ name, revision }) {
+  const [view, setView] = useState("yaml");
   const [text, setText] = useState(null);
-  useEffect(() => { api(`/api/v1/services/${encodeURIComponent(name)}/yaml`, { text: true }).then(setText, (e) => setText(e.message)); }, [name, revision]);
-  return text == null ? html`<p class="muted">${t("loading")}</p>` : html`<${Copy} text=${text} />`;
+  useEffect(() => {
+    setText(null);
+    api(`/api/v1/services/${encodeURIComponent(name)}/${view}`, { text: true }).then(setText, (e) => setText(e.message));
+  }, [name, revision, view]);
+  const pick = (v) => html`<button class=${v === view ? "small primary" : "small"} data-view=${v} onClick=${() => setView(v)}>${t(`yaml.${v}`)}</button>`;
+  return html`<div class="row">${pick("yaml")} ${pick("manifests")}</div>
+    ${text == null ? html`<p class="muted">${t("loading")}</p>` : html`<${Copy} text=${text} />`}`;
 }
