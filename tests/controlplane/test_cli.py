@@ -51,3 +51,52 @@ def test_models_resources_and_output_formats(shared_platform, tmp_path):
     assert key.startswith("ts-")
     assert "cli-app" in p.cli("keys", "list").stdout
     p.cli("keys", "revoke", "cli-app")
+
+
+def test_kubernetes_clusters_groups_and_manifests_from_the_cli(shared_platform, tmp_path):
+    p = shared_platform
+    out = p.cli(
+        "clusters",
+        "create",
+        "k",
+        "--platform",
+        "kubernetes",
+        "--kubeconfig",
+        str(tmp_path / "x"),
+        check=False,
+    )
+    assert out.returncode == 1 and "kubernetes.kubeconfig" in out.stderr
+    config = tmp_path / "config"
+    config.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    p.cli(
+        "clusters",
+        "create",
+        "k",
+        "--platform",
+        "kubernetes",
+        "--kubeconfig",
+        str(config),
+        "--autoscaler",
+        "hpa",
+    )
+    out = p.cli("groups", "create", "g", "--cluster", "k", "--toleration", "nvidia.com/gpu", check=False)
+    assert out.returncode == 1 and "KEY[=VALUE]:EFFECT" in out.stderr
+    p.cli(
+        "groups", "create", "g", "--cluster", "k", "--node-selector", "pool=gpu",
+        "--toleration", "nvidia.com/gpu:NoSchedule",
+    )  # fmt: skip
+    group = yaml.safe_load(p.cli("groups", "get", "g", "--cluster", "k").stdout)
+    assert group["nodeSelector"] == {"pool": "gpu"}
+    assert group["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+    doc = tmp_path / "svc.yaml"
+    doc.write_text(
+        "metadata: {name: onk}\nspec: {model: smollm2-135m-instruct, resources: {cpu: 1, memory: 2Gi}}\n"
+    )
+    objects = list(yaml.safe_load_all(p.cli("services", "manifests", "-f", str(doc)).stdout))
+    assert [o["kind"] for o in objects][:2] == ["Deployment", "Service"]
+    out = p.cli("services", "manifests", check=False)
+    assert out.returncode == 1 and "-f FILE" in out.stderr
+    p.cli("groups", "delete", "g", "--cluster", "k")
+    p.cli("groups", "delete", "default", "--cluster", "k")
+    p.cli("clusters", "delete", "k")

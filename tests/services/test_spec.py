@@ -328,12 +328,18 @@ def test_valid(source, check):
             "spec.parameters.maxNumBatchedTokens",
             "raise it to ≥ 64",
         ),
-        # tpSize × ppSize must use exactly the instance's GPUs
+        # tpSize × ppSize × dpSize must use exactly the instance's GPUs
         (
             document(resources={"gpus": 4}, parameters={"tpSize": 2}),
             "spec.parameters.tpSize",
-            "set tpSize × ppSize to 4",
+            "set tpSize × ppSize × dpSize to 4",
         ),
+        (
+            document(resources={"gpus": 1}, parameters={"dpSize": 2}),
+            "spec.parameters.tpSize",
+            "or set gpus to 2",
+        ),
+        (document(parameters={"dpSize": 2}), "spec.parameters.dpSize", "CPU instance"),
         (
             document(resources={"gpus": 2}, parameters={"tpSize": 2, "ppSize": 2}),
             "spec.parameters.tpSize",

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from tideserve.backends.base import EngineAdapter
 from tideserve.backends.builtin import BUILTIN
+from tideserve.backends.sglang import SGLANG
+from tideserve.backends.vllm import VLLM
 
-ADAPTERS: dict[str, EngineAdapter] = {"builtin": BUILTIN}
+# Insertion order is the lookup order of the metric aliases derived from these (observability).
+ADAPTERS: dict[str, EngineAdapter] = {"builtin": BUILTIN, "vllm": VLLM, "sglang": SGLANG}
 
 
 def adapter_for(engine: str) -> EngineAdapter:

@@ -134,7 +134,9 @@ class EndpointTable:
                     created=int(svc.created_at.timestamp()),
                     config=RouteConfig.from_spec(spec),
                 )
-            for inst in s.scalars(select(Instance).where(Instance.state == "Running")):
+            # Prefill instances of a PD-disaggregated service take work from its decode side, not clients.
+            running = select(Instance).where(Instance.state == "Running", Instance.role != "prefill")
+            for inst in s.scalars(running):
                 if (route := services.get(inst.service_id)) is not None:
                     url = f"http://{inst.address}:{inst.port}"
                     route.endpoints.append(Endpoint(inst.id, url, inst.revision))

@@ -1,7 +1,8 @@
 """Read an engine's Prometheus text into the load figures the gateway and autoscaler use.
 
-Builtin and vLLM instances publish vLLM's v1 names; SGLang publishes its own, mapped here, so every
-consumer sees one vocabulary (DESIGN.md, "Contracts"). Parsing is prometheus_client's.
+Builtin and vLLM instances publish vLLM's v1 names; SGLang publishes its own. Which names mean what
+comes from the engine adapters, so every consumer sees one vocabulary (DESIGN.md, "Contracts").
+Parsing is prometheus_client's.
 """
 
 from __future__ import annotations
@@ -9,17 +10,41 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from tideserve.backends import ADAPTERS
+
+
+def aliases(*keys: str) -> dict[str, tuple[str, ...]]:
+    """Canonical name -> every name an engine publishes it under, from the adapters (builtin, vllm,
+    sglang, in that order, each engine's most recent name first), without repeats. The first name found
+    in a scrape wins: an engine publishes only its own names, so the order matters only between a
+    release's name and the older ones it replaced."""
+    found: dict[str, tuple[str, ...]] = {}
+    for key in keys:
+        names: dict[str, None] = {}  # an ordered set
+        for adapter in ADAPTERS.values():
+            names.update(dict.fromkeys(adapter.metric_names.get(key, ())))
+        found[key] = tuple(names)
+    return found
+
 
 # canonical name -> names engines use for it (first found wins); samples are summed over labels
-ALIASES: dict[str, tuple[str, ...]] = {
-    "running": ("vllm:num_requests_running", "sglang:num_running_reqs"),
-    "waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs"),
-    "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"),
-    "prefix_queries": ("vllm:prefix_cache_queries",),
-    "prefix_hits": ("vllm:prefix_cache_hits",),
-    "cache_tokens": ("vllm:cache_tokens", "sglang:max_total_num_tokens"),
-}
+ALIASES: dict[str, tuple[str, ...]] = aliases(
+    "running", "waiting", "kv_usage", "prefix_queries", "prefix_hits", "cache_tokens"
+)
+
+
+def total_samples(family: Metric) -> list[Sample]:
+    """The samples of a family to sum. Under priority scheduling SGLang publishes each scheduler gauge
+    twice, the total under priority="" and a breakdown under priority="<n>": summing both would count
+    every request twice, so a family with such a total keeps only it. Per-request series carry just
+    the request's priority and are summed whole."""
+    if any(s.labels.get("priority") == "" for s in family.samples):
+        return [s for s in family.samples if s.labels.get("priority", "") == ""]
+    return list(family.samples)
 
 
 @dataclass(frozen=True)
@@ -36,7 +61,7 @@ def parse_engine_metrics(text: str) -> EngineLoad:
     """Raises ValueError on text that is not the Prometheus exposition format."""
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        for sample in family.samples:
+        for sample in total_samples(family):
             if sample.name == "vllm:cache_config_info":  # the numbers are labels of an info gauge
                 labels = sample.labels
                 with contextlib.suppress(KeyError, ValueError):

@@ -15,32 +15,15 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tideserve.observability.engine_metrics import ALIASES as LOAD_ALIASES
+from tideserve.observability.engine_metrics import aliases, total_samples
 
-# canonical -> names engines use (first found wins); vLLM v1 first, then older vLLM, then SGLang
-COUNTER_ALIASES: dict[str, tuple[str, ...]] = {
-    "prompt_tokens": ("vllm:prompt_tokens", "sglang:prompt_tokens"),
-    "generation_tokens": ("vllm:generation_tokens", "sglang:generation_tokens"),
-    "preemptions": ("vllm:num_preemptions",),
-    "prefix_queries": LOAD_ALIASES["prefix_queries"],
-    "prefix_hits": LOAD_ALIASES["prefix_hits"],
-}
-GAUGE_ALIASES: dict[str, tuple[str, ...]] = {
-    "running": LOAD_ALIASES["running"],
-    "waiting": LOAD_ALIASES["waiting"],
-    "kv_usage": LOAD_ALIASES["kv_usage"],
-}
-HISTOGRAM_ALIASES: dict[str, tuple[str, ...]] = {
-    "ttft": ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds"),
-    "tpot": (
-        "vllm:inter_token_latency_seconds",
-        "vllm:time_per_output_token_seconds",
-        "sglang:inter_token_latency_seconds",
-        "sglang:time_per_output_token_seconds",
-    ),
-    "e2e": ("vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds"),
-    "queue": ("vllm:request_queue_time_seconds", "sglang:queue_time_seconds"),
-}
+# canonical -> names engines use (first found wins), from the engine adapters: builtin (vLLM v1's
+# names), vLLM with its older names, then SGLang
+COUNTER_ALIASES: dict[str, tuple[str, ...]] = aliases(
+    "prompt_tokens", "generation_tokens", "preemptions", "prefix_queries", "prefix_hits"
+)
+GAUGE_ALIASES: dict[str, tuple[str, ...]] = aliases("running", "waiting", "kv_usage")
+HISTOGRAM_ALIASES: dict[str, tuple[str, ...]] = aliases("ttft", "tpot", "e2e", "queue")
 
 
 @dataclass(frozen=True)
@@ -69,7 +52,7 @@ def parse_sample(text: str) -> EngineSample:
     buckets: dict[str, dict[float, float]] = {}
     sums: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        for s in family.samples:
+        for s in total_samples(family):
             if family.type == "histogram":
                 if s.name.endswith("_bucket"):
                     per = buckets.setdefault(family.name, {})

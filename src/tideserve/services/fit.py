@@ -81,8 +81,8 @@ def fit_report(s: Session, doc: dict[str, Any], nodes: list[Node]) -> FitReport:
     engine = spec["engine"]["name"]
     gpus = int(spec["resources"]["gpus"])
     params = spec["parameters"]
-    if engine == "builtin" and dtype not in estimator.FLOAT_DTYPES:
-        dtype = "bfloat16"  # the built-in engine dequantizes on load
+    if (engine == "builtin" or not gpus) and dtype not in estimator.FLOAT_DTYPES:
+        dtype = "bfloat16"  # the built-in engine dequantizes on load; a CPU instance computes in it
     config = estimator.ServingConfig.from_parameters(
         params, weight_dtype=dtype, default_max_model_len=int(params["maxModelLen"])
     )

@@ -3,6 +3,7 @@ one transaction, so a rejected request leaves nothing behind. The reconciler doe
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -10,14 +11,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tideserve.backends import adapter_for
 from tideserve.catalog.plaza import get_card
 from tideserve.errors import ApiError, conflict, invalid, not_found
 from tideserve.services import events
 from tideserve.services import spec as specs
 from tideserve.services.fit import FitReport, fit_report
 from tideserve.store.models import Cluster, CustomModel, ResourceGroup, Revision, Service
-
-ENGINES_HERE = ("builtin",)  # engines the local platform can launch (vLLM/SGLang run on Kubernetes)
 
 
 @dataclass
@@ -46,6 +46,24 @@ def _model_max_context(s: Session, model: str) -> int | None:
     return card.architecture.max_context
 
 
+def _check_engine_installed(s: Session, cluster: str, engine: str) -> None:
+    """The local platform launches engines on this machine, so the engine must be installed here; a
+    kubernetes cluster runs the adapter's image instead and needs nothing of this machine. An unknown
+    cluster is left to the resource-group check, which names it."""
+    platform = s.scalar(select(Cluster.platform).where(Cluster.name == cluster))
+    adapter = adapter_for(engine)
+    if platform != "local" or adapter.installed() is not None:
+        return
+    command = " ".join(adapter.program("container"))
+    version = adapter.targets.rsplit(" ", 1)[-1]
+    raise invalid(
+        f"spec.engine.name: engine {engine!r} is not installed on node {socket.gethostname()} "
+        f"(the local platform launches `{command}` there): `pip install {engine}=={version}` on it, "
+        "or deploy to a kubernetes cluster",
+        [{"loc": "spec.engine.name", "msg": f"{engine} is not installed on this node"}],
+    )
+
+
 def prepare(s: Session, body: Any, name: str | None = None) -> Prepared:
     """Parse and check a service document against the store and the hardware; writes nothing."""
     try:
@@ -66,18 +84,13 @@ def prepare(s: Session, body: Any, name: str | None = None) -> Prepared:
     doc = specs.to_document(spec)
     body_spec = doc["spec"]
     engine = body_spec["engine"]["name"]
-    if engine not in ENGINES_HERE:
-        raise invalid(
-            f"spec.engine.name: engine {engine!r} runs on the kubernetes platform; "
-            f"cluster {body_spec['cluster']!r} is local, where the engines are {', '.join(ENGINES_HERE)}",
-            [{"loc": "spec.engine.name", "msg": f"{engine} is not available on the local platform"}],
-        )
+    _check_engine_installed(s, body_spec["cluster"], engine)
     params = body_spec["parameters"]
-    if engine == "builtin" and (params["tpSize"] > 1 or params["ppSize"] > 1):
+    if engine == "builtin" and (params["tpSize"] > 1 or params["ppSize"] > 1 or params["dpSize"] > 1):
         raise invalid(
             "spec.parameters.tpSize: the built-in engine runs one GPU per instance: "
-            "set tpSize=1 and ppSize=1, or use engine vllm or sglang",
-            [{"loc": "spec.parameters.tpSize", "msg": "builtin supports tpSize=1, ppSize=1"}],
+            "set tpSize=1, ppSize=1 and dpSize=1 (scale with replicas), or use engine vllm or sglang",
+            [{"loc": "spec.parameters.tpSize", "msg": "builtin supports tpSize=1, ppSize=1, dpSize=1"}],
         )
     if body_spec["deployment"]["mode"] != "single" and engine == "builtin":
         raise invalid(

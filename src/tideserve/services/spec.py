@@ -375,21 +375,26 @@ class SpecBody(_Model):
     def _shards_match_gpus(self) -> SpecBody:
         gpus, p, nodes = self.resources.gpus, self.parameters, self.deployment.nodes
         problems = []
-        if gpus == 0 and (p.tp_size, p.pp_size) != (1, 1):
+        shards = p.tp_size * p.pp_size * p.dp_size
+        if gpus == 0 and shards != 1:
+            field = next(
+                f for f, v in (("tpSize", p.tp_size), ("ppSize", p.pp_size), ("dpSize", p.dp_size)) if v != 1
+            )
             problems.append(
                 (
-                    "parameters.tpSize" if p.tp_size != 1 else "parameters.ppSize",
+                    f"parameters.{field}",
                     f"a CPU instance (resources.gpus=0) runs unsharded but tpSize={p.tp_size}, "
-                    f"ppSize={p.pp_size}: set both to 1, or give the instance GPUs",
+                    f"ppSize={p.pp_size}, dpSize={p.dp_size}: set them to 1, or give the instance GPUs",
                 )
             )
-        if gpus > 0 and p.tp_size * p.pp_size != gpus:
+        if gpus > 0 and shards != gpus:
+            # dpSize engine replicas inside one instance (vLLM, SGLang) each hold a tp × pp model copy.
             problems.append(
                 (
                     "parameters.tpSize",
-                    f"tpSize × ppSize = {p.tp_size} × {p.pp_size} = {p.tp_size * p.pp_size} but "
-                    f"resources.gpus={gpus}: each GPU of an instance holds one shard; set tpSize × ppSize "
-                    f"to {gpus}, or set gpus to {p.tp_size * p.pp_size}",
+                    f"tpSize × ppSize × dpSize = {p.tp_size} × {p.pp_size} × {p.dp_size} = {shards} but "
+                    f"resources.gpus={gpus}: each GPU of an instance holds one shard of one data-parallel "
+                    f"replica; set tpSize × ppSize × dpSize to {gpus}, or set gpus to {shards}",
                 )
             )
         if self.deployment.mode == "multiNode" and (gpus == 0 or gpus % nodes):

@@ -45,6 +45,11 @@ UPDATE = os.environ.get("TIDESERVE_UPDATE_GOLDEN") == "1"
 VERSIONS = [f"1.{minor}.0" for minor in range(25, 33)]
 BUILTIN_KINDS = {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
 NS = "inference"
+# What KEDA requires in each trigger's metadata.
+TRIGGER_KEYS = {
+    "prometheus": {"serverAddress", "query", "threshold"},
+    "cron": {"timezone", "start", "end", "desiredReplicas"},
+}
 
 
 def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,6 +119,7 @@ def _cases() -> dict[str, Case]:
         "vllm-tp4": Case(
             document(
                 "chat-large",
+                model="qwen2.5-72b-instruct",
                 engine={"name": "vllm"},
                 resources={"cpu": 32, "memory": "256Gi", "gpus": 4},
                 parameters={"tpSize": 4, "maxModelLen": 16384},
@@ -125,6 +131,7 @@ def _cases() -> dict[str, Case]:
                 image_pull_secrets=("registry",),
                 shm_size="32Gi",
             ),
+            model=ModelSource("remote", "Qwen/Qwen2.5-72B-Instruct"),
             placement=GPU_NODES,
         ),
         "vllm-multinode": Case(
@@ -393,9 +400,7 @@ def test_custom_resources_and_cross_references(name: str) -> None:
             assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] and spec["triggers"]
             for trigger in spec["triggers"]:
                 assert trigger["type"] in ("prometheus", "cron") and trigger["name"]
-                keys = {"serverAddress", "query", "threshold"} if trigger["type"] == "prometheus" else {
-                    "timezone", "start", "end", "desiredReplicas"}  # fmt: skip
-                assert keys <= trigger["metadata"].keys()
+                assert TRIGGER_KEYS[trigger["type"]] <= trigger["metadata"].keys()
         elif kind == "HorizontalPodAutoscaler":
             assert "replicas" not in workloads[spec["scaleTargetRef"]["name"]]["spec"]
         elif kind == "DestinationRule":
@@ -434,12 +439,15 @@ def test_order_is_workloads_services_budget_monitor_autoscalers_istio() -> None:
         "VirtualService",
     ]
     pd = [o["kind"] for o in _objects("sglang-pd-keda")]
-    assert (
-        pd
-        == ["Deployment", "Deployment", "Service", "Service"]
-        + ["PodDisruptionBudget", "PodMonitor"]
-        + ["ScaledObject"] * 2
-    )
+    services = ["Service", "Service"]  # the client one, and the headless one of the prefill pods
+    assert pd == [
+        "Deployment",
+        "Deployment",
+        *services,
+        "PodDisruptionBudget",
+        "PodMonitor",
+        *["ScaledObject"] * 2,
+    ]
 
 
 def test_gpu_counts_per_pod() -> None:
@@ -701,3 +709,16 @@ def test_a_metric_the_engine_does_not_publish_is_a_clear_error() -> None:
         metric_query("kv_cache_usage", 0.8, {"waiting": ("x",)}, "ns", "svc", "svc")
     with pytest.raises(ValueError, match="publishes no 'e2e' metric"):
         hpa_metric("requests_per_s", 1, {}, "svc")
+
+
+def test_vllm_pd_pods_advertise_their_own_address_for_kv_transfer() -> None:
+    for deployment in _objects("vllm-pd")[:2]:
+        env = _engine(deployment)["env"]
+        assert {
+            "name": "VLLM_NIXL_SIDE_CHANNEL_HOST",
+            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+        } in env
+        assert "--kv-transfer-config" in _engine(deployment)["args"]
+    assert "env" not in _engine(_objects("vllm-1gpu-pvc")[0]) or all(
+        e["name"] != "VLLM_NIXL_SIDE_CHANNEL_HOST" for e in _engine(_objects("vllm-1gpu-pvc")[0])["env"]
+    )

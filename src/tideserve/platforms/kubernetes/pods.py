@@ -83,15 +83,17 @@ def _engine_container(
     port = int(spec["access"]["targetPort"])
     ctx = LaunchContext(service, model_ref, spec, port, "0.0.0.0", pod.role, pod.topology)
     # The user's env wins over ours (they may point HF_HOME elsewhere on purpose).
-    env = {**model_env, **spec.get("env", {})}
+    values: dict[str, dict[str, Any]] = {k: {"value": v} for k, v in model_env.items()}
+    values |= _kv_transfer_env(engine, pod.role)
+    values |= {k: {"value": v} for k, v in spec.get("env", {}).items()}
     container: dict[str, Any] = {
         "name": "engine",
         "image": settings.images.get(engine) or adapter.image,
         "command": adapter.program("container"),
         "args": adapter.args(ctx),
     }
-    if env:
-        container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    if values:
+        container["env"] = [{"name": k, **v} for k, v in sorted(values.items())]
     if pod.serves_http:
         # Workers of a multiNode instance serve no HTTP: without the named port the PodMonitor does
         # not scrape them, and without probes the kubelet does not restart them for it.
@@ -102,6 +104,15 @@ def _engine_container(
         container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}}
     container["volumeMounts"] = mounts
     return container
+
+
+def _kv_transfer_env(engine: str, role: Role) -> dict[str, dict[str, Any]]:
+    """vLLM's NIXL side channel (where the decode side fetches the prefill side's KV-cache layout)
+    advertises VLLM_NIXL_SIDE_CHANNEL_HOST, localhost unless set: across pods it must be the pod's
+    IP. The adapter contract computes flags only, so this environment is set here."""
+    if engine != "vllm" or role == "both":
+        return {}
+    return {"VLLM_NIXL_SIDE_CHANNEL_HOST": {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}}
 
 
 def _resources(resources: Mapping[str, Any], nodes: int) -> dict[str, Any]:
