@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,9 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from alembic.config import Config
+
+from tideserve.store.db import MIGRATIONS, Store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -211,3 +214,13 @@ def shared_platform(tmp_path_factory: pytest.TempPathFactory, databases: Databas
     p.start("--no-default")
     yield p
     _cleanup(p)
+
+
+def alembic_to(store: Store, step: Callable[[Config, str], None], revision: str) -> None:
+    """Move a store's schema to `revision` (`step`: alembic's command.upgrade or command.downgrade),
+    as migration tests need to lay an old shape down before `migrate()` brings it up."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        step(cfg, revision)

@@ -55,30 +55,12 @@ def test_models_resources_and_output_formats(shared_platform, tmp_path):
 
 def test_kubernetes_clusters_groups_and_manifests_from_the_cli(shared_platform, tmp_path):
     p = shared_platform
-    out = p.cli(
-        "clusters",
-        "create",
-        "k",
-        "--platform",
-        "kubernetes",
-        "--kubeconfig",
-        str(tmp_path / "x"),
-        check=False,
-    )
+    kube = ("clusters", "create", "k", "--platform", "kubernetes", "--kubeconfig")
+    out = p.cli(*kube, str(tmp_path / "x"), check=False)
     assert out.returncode == 1 and "kubernetes.kubeconfig" in out.stderr
     config = tmp_path / "config"
     config.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
-    p.cli(
-        "clusters",
-        "create",
-        "k",
-        "--platform",
-        "kubernetes",
-        "--kubeconfig",
-        str(config),
-        "--autoscaler",
-        "hpa",
-    )
+    p.cli(*kube, str(config), "--autoscaler", "hpa")
     out = p.cli("groups", "create", "g", "--cluster", "k", "--toleration", "nvidia.com/gpu", check=False)
     assert out.returncode == 1 and "KEY[=VALUE]:EFFECT" in out.stderr
     p.cli(

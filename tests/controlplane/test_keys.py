@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from alembic import command
-from alembic.config import Config
 
+from tests.controlplane.conftest import alembic_to
 from tideserve.api.auth import key_allows
 from tideserve.api.keys import parse_duration
-from tideserve.store.db import MIGRATIONS, Store, migrate
+from tideserve.store.db import Store, migrate
 from tideserve.store.models import ApiKey
 
 LIMITS = ("requestsPerMinute", "tokensPerMinute", "maxConcurrent")
@@ -314,13 +314,9 @@ def test_cli_create_update_get_round_trip(shared_platform):
 
 def test_migration_0002_brings_existing_keys_along(databases, tmp_path):
     store = Store(databases.new() or f"sqlite:///{tmp_path / 'old.db'}")
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
 
     def alembic(step, revision: str) -> None:
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            step(cfg, revision)
+        alembic_to(store, step, revision)
 
     def columns() -> set[str]:
         return {col["name"] for col in sa.inspect(store.engine).get_columns("api_keys")}

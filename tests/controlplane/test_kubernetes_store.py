@@ -8,21 +8,17 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import command
-from alembic.config import Config
 
-from tideserve.store.db import MIGRATIONS, Store, migrate
+from tests.controlplane.conftest import alembic_to
+from tideserve.store.db import Store, migrate
 from tideserve.store.models import Cluster, Instance, Node, Service
 
 
 def test_migration_0005_keeps_clusters_and_instances(databases, tmp_path):
     store = Store(databases.new() or f"sqlite:///{tmp_path / 'old.db'}")
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
 
     def alembic(step, revision: str) -> None:
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            step(cfg, revision)
+        alembic_to(store, step, revision)
 
     def columns(table: str) -> set[str]:
         return {col["name"] for col in sa.inspect(store.engine).get_columns(table)}

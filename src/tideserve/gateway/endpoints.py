@@ -134,8 +134,11 @@ class EndpointTable:
                     created=int(svc.created_at.timestamp()),
                     config=RouteConfig.from_spec(spec),
                 )
-            # Prefill instances of a PD-disaggregated service take work from its decode side, not clients.
-            running = select(Instance).where(Instance.state == "Running", Instance.role != "prefill")
+            # Clients go to instances of role both (or decode): not to the prefill side of a PD service,
+            # nor to the worker pods of a multi-node instance (its leader serves).
+            running = select(Instance).where(
+                Instance.state == "Running", Instance.role.in_(("both", "decode"))
+            )
             for inst in s.scalars(running):
                 if (route := services.get(inst.service_id)) is not None:
                     url = f"http://{inst.address}:{inst.port}"

@@ -36,7 +36,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
     p = Platform(tmp_path / "home", free_port(), None)
-    p.start("--no-default")
+    p.start("--no-default", "--metrics-interval", "1")
     yield p
     _cleanup(p)
 
@@ -141,6 +141,19 @@ def test_a_service_deploys_serves_logs_and_deletes_on_kubernetes(
         r = c.post("/v1/completions", json={"model": SERVICE, "prompt": "Hello", "max_tokens": 2})
         assert r.status_code == 200, r.text
         assert r.headers["x-tideserve-instance"] == inst["id"]
+
+        # The collector scrapes the pod where the EndpointSlice says it is: the service's monitoring works.
+        metrics = wait_for(
+            "the pod's metrics",
+            lambda: (
+                (m := c.get(f"/api/v1/services/{SERVICE}/metrics", params={"window": "15m"}).json())[
+                    "current"
+                ]["ttft_p50"]
+                is not None
+                and m
+            ),
+        )
+        assert metrics["instances"][inst["id"]]["up"] == 1 and metrics["current"]["ready_instances"] == 1
 
         # Pod logs are shipped into the service's logs.
         apiserver.write_log(pod, "engine says hello from the pod\n")

@@ -19,10 +19,11 @@ With spec.autoscaling the current revision's workloads leave `replicas` out, so 
 does not fight the autoscaler over it.
 
 Clients reach pods of role both (or decode, for PD) through Service `<service>`, ClusterIP or
-LoadBalancer as access.exposure says. PD requests are steered by the tideserve gateway (prefill
-first, then decode with the KV-transfer handle); it finds prefill pods through the headless Service
-`<service>-prefill`, whose EndpointSlices list each prefill pod's address and readiness, and the
-engines then move KV caches pod to pod, by IP.
+LoadBalancer as access.exposure says. The headless Service `<service>-prefill` gives the prefill
+pods' addresses and readiness (EndpointSlices) to what steers a PD request, prefill first and then
+decode with the KV-transfer handle; the engines move KV caches pod to pod, by IP. That steering is
+the engines' PD router's job: the tideserve gateway does not do it yet (it never sends to prefill
+instances), so a PD service needs the engine's router in front of `<service>` for now.
 """
 
 from __future__ import annotations
@@ -164,7 +165,9 @@ def _pod_labels(service: str, w: Workload, component: str = COMPONENT_ENGINE) ->
         **common_labels(service),
         LABEL_WORKLOAD: w.name,
         LABEL_REVISION: str(w.revision),
-        LABEL_ROLE: w.role,
+        # A worker is part of its leader's instance, not one of its own: the platform that reads pods
+        # back neither counts nor routes to it.
+        LABEL_ROLE: "worker" if component == COMPONENT_WORKER else w.role,
         LABEL_COMPONENT: component,
     }
 
