@@ -53,23 +53,34 @@ def engine_port() -> int:
     raise AssertionError("no free port")
 
 
-def run_container(deployment: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
-    """The kubelet's part: the engine container's command and args as applied, on this machine."""
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    command, args = list(container["command"]), list(container["args"])
-    assert command == ["python", "-m", "tideserve.engine"]
-    args[args.index("--host") + 1] = "127.0.0.1"  # the pod's own network namespace, here loopback
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, *command[1:], *args], stdout=out, stderr=subprocess.STDOUT)
+@pytest.fixture
+def kubelet(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """The kubelet's part: run the engine container of an applied Deployment, with its command and
+    args as applied, on this machine; stopped at the end whatever the test did."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(deployment: dict[str, Any]) -> None:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        command, args = list(container["command"]), list(container["args"])
+        assert command == ["python", "-m", "tideserve.engine"]
+        args[args.index("--host") + 1] = "127.0.0.1"  # the pod's own network namespace, here loopback
+        with open(tmp_path / f"container-{len(started)}.log", "ab") as out:
+            started.append(
+                subprocess.Popen([sys.executable, *command[1:], *args], stdout=out, stderr=subprocess.STDOUT)
+            )
+
+    yield run
+    for proc in started:
+        proc.kill()
+        proc.wait(30)
 
 
 def test_a_service_deploys_serves_logs_and_deletes_on_kubernetes(
-    platform: Platform, apiserver: ApiServer, kubeconfig_path: Path, tmp_path: Path
+    platform: Platform, apiserver: ApiServer, kubeconfig_path: Path, kubelet: Callable[[dict[str, Any]], None]
 ) -> None:
     apiserver.add_node("cpu-node-1", cpu="4", memory="16Gi", labels={"pool": "cpu"})
     apiserver.add_node("gpu-node-1", gpus=8, gpu_product="NVIDIA-H200", gpu_memory_mib=143771)
     port = engine_port()
-    engine: subprocess.Popen[bytes] | None = None
     with platform.client() as c:
         settings = {"kubeconfig": str(kubeconfig_path), "context": "double", "namespace": "tideserve"}
         made = c.post(
@@ -124,7 +135,7 @@ def test_a_service_deploys_serves_logs_and_deletes_on_kubernetes(
         )
         assert instance["pod"] == pod and instance["state"] == "Pending"
 
-        engine = run_container(deployment, tmp_path / "engine.log")
+        kubelet(deployment)
         apiserver.set_pod_status(pod, {"phase": "Pending", "podIP": "127.0.0.1"})
         apiserver.run_pod(pod, ready=False)
         wait_for(
@@ -179,9 +190,6 @@ def test_a_service_deploys_serves_logs_and_deletes_on_kubernetes(
         apiserver.finish_termination(pod)  # the engine drained and exited
         wait_for("the service to go", lambda: c.get(f"/api/v1/services/{SERVICE}").status_code == 404)
         assert apiserver.objects("Deployment") == [] and apiserver.object("Service", SERVICE) is None
-    if engine is not None:
-        engine.terminate()
-        engine.wait(30)
 
 
 def test_an_unreachable_cluster_says_why_and_stopping_leaves_pods_running(
@@ -232,3 +240,24 @@ def _healthy(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_an_in_cluster_control_plane_registers_its_cluster(tmp_path: Path) -> None:
+    p = Platform(tmp_path / "home", free_port(), None)
+    p.start("--no-default", "--kubernetes-cluster", "here", "--kubernetes-namespace", "ml")
+    try:
+        with p.client() as c:
+            cluster = c.get("/api/v1/clusters/here").json()
+            assert cluster["platform"] == "kubernetes" and cluster["kubernetes"] == {"namespace": "ml"}
+            assert [g["name"] for g in cluster["resourceGroups"]] == ["default"]
+            # Not in a pod here: no service account to reach the API server with, and it says so.
+            far = wait_for(
+                "Unreachable", lambda: (x := c.get("/api/v1/clusters/here").json())["message"] and x
+            )
+            assert far["status"] == "Unreachable" and "service account" in far["message"]
+        assert p.stop() == 0
+        p.start("--no-default", "--kubernetes-cluster", "here")  # a restart keeps the cluster as it is
+        with p.client() as c:
+            assert c.get("/api/v1/clusters/here").json()["kubernetes"] == {"namespace": "ml"}
+    finally:
+        _cleanup(p)
