@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 from tideserve.backends import adapter_for
 from tideserve.catalog.plaza import get_card
 from tideserve.errors import ApiError, conflict, invalid, not_found
+from tideserve.platforms.kubernetes.manifests import render
+from tideserve.platforms.kubernetes.reconcile import ModelNotOnKubernetes, render_input
 from tideserve.services import events
 from tideserve.services import spec as specs
 from tideserve.services.fit import FitReport, fit_report
@@ -115,8 +117,21 @@ def prepare(s: Session, body: Any, name: str | None = None) -> Prepared:
     )
     if errors:
         raise invalid(f"{errors[0]['loc']}: {errors[0]['msg']}", errors)
+    if group.cluster.platform == "kubernetes":
+        _check_renders(s, doc, group.cluster)
     report = fit_report(s, doc, nodes)
     return Prepared(spec, doc, report)
+
+
+def _check_renders(s: Session, doc: dict[str, Any], cluster: Cluster) -> None:
+    """What the Kubernetes platform could not apply is refused now, not found by the reconciler later."""
+
+    try:
+        render(render_input(s, doc, 1, cluster))
+    except ModelNotOnKubernetes as e:
+        raise invalid(f"spec.model: {e}", [{"loc": "spec.model", "msg": str(e)}]) from e
+    except ValueError as e:  # a name too long for the objects' suffixes, say
+        raise invalid(f"cluster {cluster.name}: {e}", [{"loc": "spec", "msg": str(e)}]) from e
 
 
 def _check_fit(p: Prepared) -> None:

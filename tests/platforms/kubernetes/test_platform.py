@@ -218,6 +218,16 @@ def test_an_unreachable_cluster_says_why_and_stopping_leaves_pods_running(
             == 201
         )
         wait_for("the node", lambda: c.get("/api/v1/clusters/near").json()["nodes"] == 1)
+        # The built-in engine can't pull a model from a hub: refused at create, nothing applied.
+        hub = {
+            "metadata": {"name": "hub"},
+            "spec": {"model": "qwen3-0.6b", "cluster": "near", "resources": {"cpu": 1, "memory": "4Gi"}},
+        }
+        refused = c.post("/api/v1/services", json=hub)
+        assert refused.status_code == 422 and refused.json()["error"]["message"].startswith("spec.model:")
+        assert (
+            "built-in engine" in refused.json()["error"]["message"] and apiserver.objects("Deployment") == []
+        )
         doc = {
             "metadata": {"name": "kept"},
             "spec": {

@@ -103,10 +103,22 @@ def render_input(
         )
         if doc is not None:
             stable = (int(canary["stableRevision"]), doc)
+    model = model_source(s, body["model"])
+    card = get_card(body["model"])
+    if (
+        body["engine"]["name"] == "builtin"
+        and model.kind == "remote"
+        and not (card and card.source == "bundled")
+    ):
+        raise ModelNotOnKubernetes(
+            f"the built-in engine loads the bundled model or files, not {model.uri!r} from a hub: register "
+            "the model as a custom model from s3:// or give the cluster a model PVC (modelPvc) holding "
+            "it, or use engine vllm or sglang, which pull it themselves"
+        )
     return RenderInput(
         document=document,
         revision=revision,
-        model=model_source(s, body["model"]),
+        model=model,
         settings=KubeSettings.from_json(cluster.settings if cluster is not None else {}),
         placement=placement,
         stable=stable,
@@ -195,6 +207,8 @@ class KubernetesDriver:
                         continue
                     try:
                         self.reconcile_service(s, svc, cluster, api)
+                    except ValueError as e:  # not renderable (a create checks this; a model may change)
+                        self._refused(s, svc, str(e))
                     except KubeError as e:
                         self._shipping |= {
                             i.id for i in s.scalars(select(Instance).where(Instance.service_id == svc.id))
@@ -202,6 +216,12 @@ class KubernetesDriver:
                         log.warning("service %s on cluster %s: %s", service, name, e)
                         if svc.message != str(e):
                             svc.message = str(e)
+
+    def _refused(self, s: Session, svc: Service, why: str) -> None:
+        if (svc.status, svc.message) != ("Abnormal", why):
+            log.warning("service %s cannot be rendered: %s", svc.name, why)
+            events.record(s, service=svc.name, reason="NotRendered", message=why)
+            svc.status, svc.message = "Abnormal", why
 
     def _unreachable(self, cluster: Cluster, why: str) -> None:
         if cluster.status != "Unreachable":
