@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from tideserve import __version__
 from tideserve.backends import ADAPTERS, adapter_for
-from tideserve.backends.base import LaunchContext, Role, Topology
+from tideserve.backends.base import EngineAdapter, LaunchContext, Role, Topology
+from tideserve.backends.builtin import BUILTIN
 from tideserve.backends.builtin import METRIC_NAMES as BUILTIN_NAMES
 from tideserve.backends.sglang import SGLANG
 from tideserve.backends.vllm import VLLM
@@ -194,11 +196,23 @@ def expanded(argv: list[str]) -> list[str]:
 
 
 def test_targets_name_the_fixture_versions() -> None:
-    assert (
-        VLLM.targets == f"vLLM {VERSIONS['vllm']}" and VLLM.image == f"vllm/vllm-openai:v{VERSIONS['vllm']}"
-    )
+    assert VLLM.targets == f"vLLM {VERSIONS['vllm']}"
+    assert VLLM.image_for() == f"vllm/vllm-openai:v{VERSIONS['vllm']}"
     assert SGLANG.targets == f"SGLang {VERSIONS['sglang']}"
-    assert SGLANG.image.startswith(f"lmsysorg/sglang:v{VERSIONS['sglang']}-")
+    assert SGLANG.image_for().startswith(f"lmsysorg/sglang:v{VERSIONS['sglang']}-")
+
+
+@pytest.mark.parametrize(
+    ("adapter", "version", "image"),
+    [
+        (VLLM, "0.30.1", "vllm/vllm-openai:v0.30.1"),
+        (SGLANG, "0.5.21", "lmsysorg/sglang:v0.5.21-cu130"),
+        (BUILTIN, "0.2.0", "tideserve/tideserve:0.2.0"),
+        (BUILTIN, "", f"tideserve/tideserve:{__version__}"),
+    ],
+)
+def test_spec_engine_version_picks_the_image(adapter: EngineAdapter, version: str, image: str) -> None:
+    assert adapter.image_for(version) == image
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -81,3 +81,41 @@ def test_kubernetes_cluster_does_not_ask_this_machine(
     assert "not installed" not in r.text
     if r.status_code == 422:
         assert "spec.engine.name" not in [d["loc"] for d in r.json()["error"]["details"]]
+
+
+def test_the_release_a_spec_names_must_be_the_one_installed_here(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(type(VLLM), "installed", lambda self: "0.33.0")
+    doc = document("chat", "vllm", model="qwen3-0.6b")
+    other = {**doc, "spec": {**doc["spec"], "engine": {"name": "vllm", "version": "0.30.1"}}}
+    r = client.post("/api/v1/services/dry-run", json=other)
+    assert r.status_code == 422 and [d["loc"] for d in r.json()["error"]["details"]] == [
+        "spec.engine.version"
+    ]
+    assert "vllm 0.33.0 is installed" in r.json()["error"]["message"]
+    same = {**doc, "spec": {**doc["spec"], "engine": {"name": "vllm", "version": "v0.33.0"}}}
+    r = client.post("/api/v1/services/dry-run", json=same)
+    assert r.status_code == 200, r.text
+    assert r.json()["spec"]["spec"]["engine"]["version"] == "0.33.0"  # the leading v dropped
+    bad = {**doc, "spec": {**doc["spec"], "engine": {"name": "vllm", "version": "latest!"}}}
+    r = client.post("/api/v1/services/dry-run", json=bad)
+    assert r.status_code == 422 and "spec.engine.version" in r.json()["error"]["message"]
+    # A quantized file on a CPU instance of another engine: estimated in bfloat16, never a 500.
+    r = client.post("/api/v1/services/dry-run", json=document("chat", "vllm"))
+    assert r.status_code in (200, 422), r.text
+
+
+def test_a_named_release_is_the_image_on_kubernetes(client: TestClient) -> None:
+    assert client.post("/api/v1/clusters", json={"name": "k8s", "platform": "kubernetes"}).status_code == 201
+    node = {"name": "gpu-node", "address": "10.0.0.7", "cpus": 32, "memoryBytes": 256 * 2**30}
+    assert client.post("/api/v1/nodes", json=node).status_code == 201
+    assert (
+        client.post("/api/v1/clusters/k8s/groups/default/nodes", json={"node": "gpu-node"}).status_code == 201
+    )
+    doc = document("chat", "sglang", "k8s", "qwen3-0.6b")
+    doc["spec"]["engine"]["version"] = "0.5.21"
+    doc["spec"]["resources"]["memory"] = "16Gi"
+    r = client.post("/api/v1/services/manifests", json=doc)
+    assert r.status_code == 200, r.text
+    assert "image: lmsysorg/sglang:v0.5.21-cu130" in r.text

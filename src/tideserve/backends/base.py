@@ -37,7 +37,6 @@ class LaunchContext:
 class EngineAdapter(Protocol):
     name: str  # builtin | vllm | sglang
     targets: str  # the releases whose flags and metric names this adapter follows
-    image: str  # the container image Kubernetes runs it from (repository:tag)
     health_path: str  # 200 only when ready to serve
     # canonical name (engine_metrics.ALIASES / samples.*_ALIASES keys) -> this engine's metric names,
     # most recent release first
@@ -45,6 +44,11 @@ class EngineAdapter(Protocol):
 
     def program(self, where: Where) -> list[str]:
         """The command before the flags: on this machine, or inside the adapter's image."""
+        ...
+
+    def image_for(self, version: str = "") -> str:
+        """The container image Kubernetes runs it from: the release `version` names (spec.engine.version,
+        without a leading v), or the one the adapter targets when empty."""
         ...
 
     def args(self, ctx: LaunchContext) -> list[str]:

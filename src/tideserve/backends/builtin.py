@@ -31,9 +31,11 @@ METRIC_NAMES: Mapping[str, tuple[str, ...]] = {
 class BuiltinAdapter:
     name = "builtin"
     targets = f"tideserve {__version__}"
-    image = f"tideserve/tideserve:{__version__}"
     health_path = "/health"
     metric_names = METRIC_NAMES
+
+    def image_for(self, version: str = "") -> str:
+        return f"tideserve/tideserve:{version or __version__}"
 
     def program(self, where: Where) -> list[str]:
         return [sys.executable if where == "local" else "python", "-m", "tideserve.engine"]

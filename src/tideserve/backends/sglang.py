@@ -55,9 +55,11 @@ def _multi_node_args(topology: Topology) -> list[str]:
 class SglangAdapter:
     name = "sglang"
     targets = f"SGLang {VERSION}"
-    image = f"lmsysorg/sglang:v{VERSION}-cu130"  # CUDA 13: cu129 tags stopped at 0.5.19
     health_path = "/health"
     metric_names = METRIC_NAMES
+
+    def image_for(self, version: str = "") -> str:
+        return f"lmsysorg/sglang:v{version or VERSION}-cu130"  # CUDA 13: cu129 tags stopped at 0.5.19
 
     def program(self, where: Where) -> list[str]:
         # The module, not the `sglang` console script: it runs with the interpreter that has SGLang.

@@ -67,9 +67,11 @@ def _multi_node_args(topology: Topology) -> list[str]:
 class VllmAdapter:
     name = "vllm"
     targets = f"vLLM {VERSION}"
-    image = f"vllm/vllm-openai:v{VERSION}"
     health_path = "/health"
     metric_names = METRIC_NAMES
+
+    def image_for(self, version: str = "") -> str:
+        return f"vllm/vllm-openai:v{version or VERSION}"
 
     def program(self, where: Where) -> list[str]:
         if where == "container":

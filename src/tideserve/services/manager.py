@@ -48,21 +48,29 @@ def _model_max_context(s: Session, model: str) -> int | None:
     return card.architecture.max_context
 
 
-def _check_engine_installed(s: Session, cluster: str, engine: str) -> None:
-    """The local platform launches engines on this machine, so the engine must be installed here; a
-    kubernetes cluster runs the adapter's image instead and needs nothing of this machine. An unknown
-    cluster is left to the resource-group check, which names it."""
+def _check_engine_installed(s: Session, cluster: str, engine: str, wanted: str) -> None:
+    """The local platform launches engines on this machine, so the engine (and the release the spec
+    names, if it names one) must be installed here; a kubernetes cluster runs the adapter's image
+    instead and needs nothing of this machine. An unknown cluster is left to the resource-group
+    check, which names it."""
     platform = s.scalar(select(Cluster.platform).where(Cluster.name == cluster))
     adapter = adapter_for(engine)
-    if platform != "local" or adapter.installed() is not None:
+    installed = adapter.installed()
+    if platform != "local" or (installed is not None and wanted in ("", installed)):
         return
     command = " ".join(adapter.program("container"))
-    version = adapter.targets.rsplit(" ", 1)[-1]
+    version = wanted or adapter.targets.rsplit(" ", 1)[-1]
+    if installed is None:
+        raise invalid(
+            f"spec.engine.name: engine {engine!r} is not installed on node {socket.gethostname()} "
+            f"(the local platform launches `{command}` there): `pip install {engine}=={version}` on it, "
+            "or deploy to a kubernetes cluster",
+            [{"loc": "spec.engine.name", "msg": f"{engine} is not installed on this node"}],
+        )
     raise invalid(
-        f"spec.engine.name: engine {engine!r} is not installed on node {socket.gethostname()} "
-        f"(the local platform launches `{command}` there): `pip install {engine}=={version}` on it, "
-        "or deploy to a kubernetes cluster",
-        [{"loc": "spec.engine.name", "msg": f"{engine} is not installed on this node"}],
+        f"spec.engine.version: {engine} {installed} is installed on node {socket.gethostname()}, not "
+        f"{wanted}: install {wanted} there, or leave version empty to run {installed}",
+        [{"loc": "spec.engine.version", "msg": f"{engine} {installed} is installed, not {wanted}"}],
     )
 
 
@@ -86,7 +94,7 @@ def prepare(s: Session, body: Any, name: str | None = None) -> Prepared:
     doc = specs.to_document(spec)
     body_spec = doc["spec"]
     engine = body_spec["engine"]["name"]
-    _check_engine_installed(s, body_spec["cluster"], engine)
+    _check_engine_installed(s, body_spec["cluster"], engine, body_spec["engine"]["version"])
     params = body_spec["parameters"]
     if engine == "builtin" and (params["tpSize"] > 1 or params["ppSize"] > 1 or params["dpSize"] > 1):
         raise invalid(

@@ -222,9 +222,24 @@ class Metadata(_Model):
         )
 
 
+_RELEASE = re.compile(r"[0-9][A-Za-z0-9_.+-]{0,62}")
+
+
 class Engine(_Model):
     name: Literal["builtin", "vllm", "sglang"] = "builtin"
-    version: str = ""
+    version: str = ""  # a release of the engine (0.33.0); empty: the one its adapter targets
+
+    @field_validator("version")
+    @classmethod
+    def _release(cls, version: str) -> str:
+        # It becomes an image tag on Kubernetes (v0.33.0): a leading v is accepted and dropped.
+        bare = version.strip().removeprefix("v")
+        if bare and not _RELEASE.fullmatch(bare):
+            raise ValueError(
+                f"{version!r} is not a release: write it as the engine numbers it (e.g. '0.33.0'), "
+                "or leave it empty for the release tideserve targets"
+            )
+        return bare
 
 
 class Resources(_Model):

@@ -88,7 +88,9 @@ def _engine_container(
     values |= {k: {"value": v} for k, v in spec.get("env", {}).items()}
     container: dict[str, Any] = {
         "name": "engine",
-        "image": settings.images.get(engine) or adapter.image,
+        # The cluster's own image for the engine wins (a mirror, a patched build); else the release
+        # spec.engine.version names, else the one the adapter targets.
+        "image": settings.images.get(engine) or adapter.image_for(spec["engine"].get("version", "")),
         "command": adapter.program("container"),
         "args": adapter.args(ctx),
     }
