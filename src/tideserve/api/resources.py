@@ -8,12 +8,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tideserve.api.deps import Admin, Ctx
 from tideserve.errors import conflict, invalid, not_found
+from tideserve.platforms.kubernetes.settings import KubeSettings
+from tideserve.services.specbase import _Model
 from tideserve.store.models import Cluster, Instance, Node, ResourceGroup, Service
 
 router = APIRouter(prefix="/api/v1", dependencies=[Admin], tags=["resources"])
@@ -29,30 +30,26 @@ def _dns_label(v: str) -> str:
     return v
 
 
-class _Camel(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+class KubernetesIn(_Model):
+    """A kubernetes cluster's settings: what each does, and its default, is in KubeSettings."""
 
-
-class KubernetesIn(_Camel):
-    """A kubernetes cluster's settings (platforms/kubernetes/settings.py says what each does)."""
-
-    namespace: str = "tideserve"
+    namespace: str = KubeSettings.namespace
     kubeconfig: str | None = None
     context: str | None = None
-    autoscaler: Literal["hpa", "keda"] = "keda"
-    prometheus_url: str = Field("http://prometheus-operated.monitoring.svc:9090", pattern=r"^https?://")
-    istio: bool = False
-    images: dict[Literal["builtin", "vllm", "sglang"], str] = {}
-    image_pull_secrets: list[str] = []
+    autoscaler: Literal["hpa", "keda"] = KubeSettings.autoscaler
+    prometheus_url: str = Field(KubeSettings.prometheus_url, pattern=r"^https?://")
+    istio: bool = KubeSettings.istio
+    images: dict[Literal["builtin", "vllm", "sglang"], str] = Field(default_factory=dict)
+    image_pull_secrets: list[str] = Field(default_factory=list)
     model_pvc: str | None = None
-    model_cache_dir: str = Field("/var/lib/tideserve/models", pattern=r"^/")
-    s3_pull_image: str = "amazon/aws-cli:2.22.35"
+    model_cache_dir: str = Field(KubeSettings.model_cache_dir, pattern=r"^/")
+    s3_pull_image: str = KubeSettings.s3_pull_image
     s3_secret: str | None = None
-    shm_size: str = "16Gi"
+    shm_size: str = KubeSettings.shm_size
     _ns = field_validator("namespace")(_dns_label)
 
 
-class ClusterIn(_Camel):
+class ClusterIn(_Model):
     name: str
     description: str = Field("", max_length=1000)
     platform: Literal["local", "kubernetes"] = "local"
@@ -68,12 +65,12 @@ class ClusterIn(_Camel):
         return self
 
 
-class GroupIn(_Camel):
+class GroupIn(_Model):
     name: str
     description: str = Field("", max_length=1000)
     # kubernetes clusters: the nodes the group's pods may land on
-    node_selector: dict[str, str] = {}
-    tolerations: list[dict[str, Any]] = []
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
     _v = field_validator("name")(_dns_label)
 
 

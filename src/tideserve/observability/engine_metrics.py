@@ -8,6 +8,7 @@ Parsing is prometheus_client's.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client.metrics_core import Metric
@@ -37,14 +38,14 @@ ALIASES: dict[str, tuple[str, ...]] = aliases(
 )
 
 
-def total_samples(family: Metric) -> list[Sample]:
+def total_samples(family: Metric) -> Sequence[Sample]:
     """The samples of a family to sum. Under priority scheduling SGLang publishes each scheduler gauge
     twice, the total under priority="" and a breakdown under priority="<n>": summing both would count
     every request twice, so a family with such a total keeps only it. Per-request series carry just
     the request's priority and are summed whole."""
     if any(s.labels.get("priority") == "" for s in family.samples):
         return [s for s in family.samples if s.labels.get("priority", "") == ""]
-    return list(family.samples)
+    return family.samples
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import pytest
 
 from tests.controlplane.conftest import Platform, _cleanup, free_port
 from tests.platforms.kubernetes.apiserver import ApiServer
+from tideserve.platforms import local
 
 SERVICE = "chat"
 
@@ -39,18 +40,6 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
     p.start("--no-default", "--metrics-interval", "1")
     yield p
     _cleanup(p)
-
-
-def engine_port() -> int:
-    """A free port in the target-port range, for the "pod" (a local engine) to listen on."""
-    for port in range(61000, 65000):
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=0.05)
-        except httpx.ConnectError:
-            return port
-        except httpx.HTTPError:
-            continue
-    raise AssertionError("no free port")
 
 
 @pytest.fixture
@@ -80,7 +69,7 @@ def test_a_service_deploys_serves_logs_and_deletes_on_kubernetes(
 ) -> None:
     apiserver.add_node("cpu-node-1", cpu="4", memory="16Gi", labels={"pool": "cpu"})
     apiserver.add_node("gpu-node-1", gpus=8, gpu_product="NVIDIA-H200", gpu_memory_mib=143771)
-    port = engine_port()
+    port = local.free_port((), base=61000)  # in the target-port range, for the "pod" (a local engine)
     with platform.client() as c:
         settings = {"kubeconfig": str(kubeconfig_path), "context": "double", "namespace": "tideserve"}
         made = c.post(

@@ -293,11 +293,14 @@ class KubernetesDriver:
         self._mirror(s, svc, api)
 
     def _delete(self, s: Session, svc: Service, api: KubeApi) -> None:
-        if api.owned(svc.name):
+        # Foreground deletion: an owner stays listed until its pods are gone, so the row goes on the
+        # first pass that finds nothing left.
+        pending = api.owned(svc.name)
+        if pending:
             api.delete_service(svc.name, DELETE_GRACE_S)
         pods = api.pods(svc.name)
         self._mirror(s, svc, api, pods=pods)
-        if not pods and not api.owned(svc.name):
+        if not pods and not pending:
             self._applied.pop(svc.name, None)
             events.record(s, service=svc.name, reason="Deleted", message="every pod stopped: service removed")
             s.delete(svc)

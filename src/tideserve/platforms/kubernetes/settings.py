@@ -5,8 +5,10 @@ tideserve renders there. Plain frozen data: the store keeps the cluster's and gr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from pydantic.alias_generators import to_camel
 
 MANAGER = "tideserve"  # server-side apply's field manager, and app.kubernetes.io/managed-by
 LABEL_SERVICE = "tideserve.io/service"
@@ -37,22 +39,9 @@ class KubeSettings:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> KubeSettings:
-        keys = {
-            "namespace": "namespace",
-            "kubeconfig": "kubeconfig",
-            "context": "context",
-            "autoscaler": "autoscaler",
-            "prometheusUrl": "prometheus_url",
-            "istio": "istio",
-            "images": "images",
-            "imagePullSecrets": "image_pull_secrets",
-            "modelPvc": "model_pvc",
-            "modelCacheDir": "model_cache_dir",
-            "s3PullImage": "s3_pull_image",
-            "s3Secret": "s3_secret",
-            "shmSize": "shm_size",
-        }
-        values: dict[str, Any] = {keys[k]: v for k, v in data.items() if k in keys}
+        """From the camelCase JSON the store keeps (the API's KubernetesIn); unknown keys are ignored."""
+        names = {to_camel(f.name): f.name for f in fields(cls)}
+        values: dict[str, Any] = {names[k]: v for k, v in data.items() if k in names}
         if "image_pull_secrets" in values:
             values["image_pull_secrets"] = tuple(values["image_pull_secrets"])
         return cls(**values)
