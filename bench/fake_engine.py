@@ -14,7 +14,9 @@ With `--prefix-cache` each process models a prefix cache: the prompt text is cut
 `--block-tokens` "tokens" (a token is 4 characters), each block is named by a hash chained over the
 blocks before it, and an LRU of `--cache-blocks` block hashes is kept. The cached part of a prompt is
 its longest run of leading blocks present in the LRU; TTFT = `--ttft-ms` + `--per-token-ms` x uncached
-tokens.
+tokens. Within a prompt the tail is the least recent, so a full cache drops the ends of old prompts
+first and keeps their (shared) heads, as engines do: vLLM frees a request's blocks tail first, SGLang's
+radix cache evicts leaves.
 
 It must never be the bottleneck of a benchmark, so it is a bare asyncio protocol over httptools: each
 chunk is precomputed bytes written from a `call_later` callback, with no coroutine per chunk.
@@ -136,16 +138,19 @@ class PrefixCache:
         hit = True
         cached_blocks = 0
         blocks = self.blocks
+        hashes = []
         for start in range(0, len(text) - step + 1, step):
             h = hash((h, text[start : start + step]))
             if hit and h in blocks:
                 cached_blocks += 1
-                blocks.move_to_end(h)
             else:
                 hit = False
-                blocks[h] = None
-                if len(blocks) > self.capacity:
-                    blocks.popitem(last=False)
+            hashes.append(h)
+        for h in reversed(hashes):  # the head ends up the most recent
+            blocks[h] = None
+            blocks.move_to_end(h)
+        while len(blocks) > self.capacity:
+            blocks.popitem(last=False)
         return cached_blocks * self.block_tokens
 
 

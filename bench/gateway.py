@@ -818,6 +818,7 @@ class Config:
     rt_cache_blocks: int = 400
     rt_seeds: int = 3
     rt_limit_s: float = 90
+    rt_policies: list[str] = field(default_factory=list)  # empty: every policy of each router
     ttft_ms: float = 20
     itl_ms: float = 5
     per_token_ms: float = 0.1
@@ -999,6 +1000,27 @@ def _combine_routing(runs: list[dict]) -> dict:
     return combined
 
 
+def _routing_seed(router: Router, fakes: Fakes, spec: dict) -> dict:
+    run = summarize(measure(router, fakes, spec))
+    stats = fakes.stats()
+    per_replica = [s["requests"] for s in stats]
+    # vllm-router's cache_aware asks engines to tokenize (render) each prompt first
+    side_calls = sum(n for s in stats for p, n in s["paths"].items() if p.endswith(("/render", "/tokenize")))
+    prompt = sum(s["prompt_tokens"] for s in stats)
+    cached = sum(s["cached_tokens"] for s in stats)
+    run.update(
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        prefix_hit_rate=round(cached / prompt, 4) if prompt else None,
+        requests_per_replica=per_replica,
+        side_calls=side_calls,
+        max_over_mean=round(max(per_replica) / (sum(per_replica) / len(per_replica)), 3)
+        if sum(per_replica)
+        else None,
+    )
+    return run
+
+
 def routing_run(routers: list[str], cfg: Config, log_dir: Path, skipped: dict, results: dict) -> None:
     configs: list[tuple[str, str]] = []
     for name in routers:
@@ -1012,6 +1034,8 @@ def routing_run(routers: list[str], cfg: Config, log_dir: Path, skipped: dict, r
             configs += [(name, "cache_aware"), (name, "round_robin")]
         elif name == "litellm":
             configs.append(("litellm", "simple-shuffle"))
+    if cfg.rt_policies:
+        configs = [(name, policy) for name, policy in configs if policy in cfg.rt_policies]
     spec = {
         "mode": "chat", "path": CHAT, "concurrency": cfg.rt_concurrency,
         "conversations": cfg.rt_conversations,
@@ -1028,48 +1052,28 @@ def routing_run(routers: list[str], cfg: Config, log_dir: Path, skipped: dict, r
         for name, policy in configs:
             key = f"{name} {policy}"
             print(f"[routing] {key} ...", flush=True)
-            fakes.ensure_healthy(key)
+            runs = []
             try:
-                router = start_router(name, policy, fakes, log_dir)
+                # Several seeds (different system prompts and conversation mixes): a single run of ~200
+                # requests moves a few points either way with timing. Each seed is a cold start of
+                # router and caches alike: the fakes' caches are emptied, so whatever a router learnt in
+                # the seed before (its index, its traffic counts) describes caches that are gone.
+                for i in range(cfg.rt_seeds):
+                    fakes.ensure_healthy(key)
+                    router = start_router(name, policy, fakes, log_dir)
+                    try:
+                        fakes.reset()  # after the router's start-up probe
+                        runs.append(_routing_seed(router, fakes, {**spec, "seed": f"routing-{i}"}))
+                    finally:
+                        router.stop()
             except RuntimeError as exc:
                 routing[key] = {"error": f"did not start: {str(exc)[:600]}"}
                 print(f"  skipped: {routing[key]['error']}", flush=True)
                 continue
-            try:
-                # Several seeds (different system prompts and conversation mixes): a single run of ~200
-                # requests moves a few points either way with timing.
-                runs = []
-                for i in range(cfg.rt_seeds):
-                    fakes.reset()
-                    run = summarize(measure(router, fakes, {**spec, "seed": f"routing-{i}"}))
-                    stats = fakes.stats()
-                    per_replica = [s["requests"] for s in stats]
-                    # vllm-router's cache_aware asks engines to tokenize (render) each prompt first
-                    side_calls = sum(
-                        n
-                        for s in stats
-                        for p, n in s["paths"].items()
-                        if p.endswith(("/render", "/tokenize"))
-                    )
-                    prompt = sum(s["prompt_tokens"] for s in stats)
-                    cached = sum(s["cached_tokens"] for s in stats)
-                    run.update(
-                        prompt_tokens=prompt,
-                        cached_tokens=cached,
-                        prefix_hit_rate=round(cached / prompt, 4) if prompt else None,
-                        requests_per_replica=per_replica,
-                        side_calls=side_calls,
-                        max_over_mean=round(max(per_replica) / (sum(per_replica) / len(per_replica)), 3)
-                        if sum(per_replica)
-                        else None,
-                    )
-                    runs.append(run)
-                result = _combine_routing(runs)
-                result.update(name=name, policy=policy)
-                routing[key] = result
-                print(f"  {_fmt_routing_line(key, result)}", flush=True)
-            finally:
-                router.stop()
+            result = _combine_routing(runs)
+            result.update(name=name, policy=policy)
+            routing[key] = result
+            print(f"  {_fmt_routing_line(key, result)}", flush=True)
     finally:
         fakes.stop()
         if fakes.restarts:
@@ -1292,6 +1296,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run, ~3 minutes")
     parser.add_argument("--only", default=",".join(ROUTERS), help=f"routers, from {','.join(ROUTERS)}")
     parser.add_argument("--runs", default="overhead,throughput,routing", help="which runs")
+    parser.add_argument(
+        "--policies", default="", help="routing run: only these policies (e.g. prefix_aware,cache_aware)"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep process logs (path printed)")
     args = parser.parse_args()
     routers = [r.strip() for r in args.only.split(",") if r.strip()]
@@ -1302,6 +1309,7 @@ def main() -> None:
         routers.insert(0, "direct")  # added TTFT is measured against it
     runs = {r.strip() for r in args.runs.split(",")}
     cfg = Config.make(args.quick)
+    cfg.rt_policies = [p.strip() for p in args.policies.split(",") if p.strip()]
 
     def on_term(signum, frame):  # run the finally blocks on SIGTERM too
         raise SystemExit(128 + signum)

@@ -8,8 +8,9 @@ import pytest
 
 from tideserve.gateway.balancing import (
     BLOCK_CHARS,
-    RECENT_TAU_S,
     SATURATED_WAITING,
+    SHARE_EPSILON,
+    SHARE_SLACK,
     EndpointState,
     Policy,
     PolicyState,
@@ -280,7 +281,7 @@ SYSTEM = "You are a careful assistant. " * 300  # 8,700 characters: 135 full blo
     [
         # cached prefix wins over a lighter load while within the bound, ceil(1.25 * 5/3) = 3
         ([ep("a", inflight=2), ep("b"), ep("c", inflight=2)], {"a": SYSTEM}, {"a"}),
-        # a short cached prefix (3 blocks) saves less than the busier endpoint costs
+        # a match under MIN_AFFINITY_BLOCKS (here 3 blocks) is no reason: the emptier cache wins
         ([ep("a", inflight=2), ep("b")], {"a": SYSTEM[:192]}, {"b"}),
         # the longest match wins
         ([ep("a"), ep("b")], {"a": SYSTEM[:640], "b": SYSTEM}, {"b"}),
@@ -288,7 +289,7 @@ SYSTEM = "You are a careful assistant. " * 300  # 8,700 characters: 135 full blo
         ([ep("a", inflight=1), ep("b")], {"a": SYSTEM, "b": SYSTEM}, {"b"}),
         # over the bound, ceil(1.25 * 7/2) = 5, the cached endpoint is excluded
         ([ep("a", inflight=5), ep("b", inflight=1)], {"a": SYSTEM}, {"b"}),
-        # nothing cached anywhere: least loaded, ties at random
+        # nothing cached anywhere, caches equally empty: least loaded, ties at random
         ([ep("a", inflight=1), ep("b"), ep("c")], {}, {"b", "c"}),
         # not ready: the cache does not matter
         ([ep("a", ready=False), ep("b")], {"a": SYSTEM}, {"b"}),
@@ -368,6 +369,7 @@ def simulate(policy: Policy, seed: int, requests: int = 1000) -> tuple[dict[str,
         target = policy(endpoints, RequestInfo(prompt, None), state, rng, NOW)
         assert target is not None
         state.index.record(target, prompt)
+        state.note(target, NOW)
         hashes = block_hashes(prompt)
         hits += next((i for i, h in enumerate(hashes) if h not in engine_cache[target]), len(hashes))
         blocks += len(hashes)
@@ -425,41 +427,74 @@ def test_index_bounded_by_the_engines_cache_keeps_the_head() -> None:
     assert len(hashes) > 10 and index.matched_blocks("a", hashes) == 10
 
 
-def test_prefix_aware_sheds_a_busy_endpoints_newest_conversations_first() -> None:
-    """Past its fair share (but under the cap), an endpoint keeps a request with a long cached history
-    and sends away one that would reuse only a few blocks there."""
+def noted(counts: dict[str, int]) -> PolicyState:
     state = PolicyState()
-    for endpoint, count in (("a", 26), ("b", 20), ("c", 20), ("d", 20)):
-        for _ in range(count):
-            state.note(endpoint, NOW)  # a's share: 27 / (87 / 4) = 1.24
-    state.index.record("a", SYSTEM)  # a long history: 135 blocks
-    short = "Short system prompt. " * 9  # 2 blocks
-    state.index.record("a", short)
-    endpoints = [ep(e) for e in "abcd"]
-    assert prefix_aware(endpoints, RequestInfo(SYSTEM + "more", None), state, random.Random(0), NOW) == "a"
-    moved = prefix_aware(endpoints, RequestInfo(short + "hi", None), state, random.Random(0), NOW)
-    assert moved in {"b", "c", "d"}
-
-
-def test_prefix_aware_takes_nothing_new_past_the_share_cap() -> None:
-    state = PolicyState()
-    for endpoint, count in (("a", 60), ("b", 20), ("c", 20), ("d", 20)):
+    for endpoint, count in counts.items():
         for _ in range(count):
             state.note(endpoint, NOW)
+    return state
+
+
+def test_prefix_aware_takes_nothing_past_the_share_bound() -> None:
+    state = noted({"a": 27, "b": 20, "c": 20, "d": 20})
     state.index.record("a", SYSTEM)  # however long the cached history there
     endpoints = [ep(e) for e in "abcd"]
+    # a's bound is ceil(1.2 * (87 + 1) / 4 + 1) = 28: taking this request it stays within
+    assert prefix_aware(endpoints, RequestInfo(SYSTEM + "more", None), state, random.Random(0), NOW) == "a"
+    state.note("a", NOW)  # 28 + 1 > ceil(1.2 * 89 / 4 + 1) = 28
     chosen = {
-        prefix_aware(endpoints, RequestInfo(SYSTEM, None), state, random.Random(s), NOW) for s in range(20)
+        prefix_aware(endpoints, RequestInfo(SYSTEM + "more", None), state, random.Random(s), NOW)
+        for s in range(20)
     }
-    assert "a" not in chosen  # a's share is 61 / (121 / 4) = 2.0 > 1.25
+    assert chosen == {"b", "c", "d"}
 
 
-def test_prefix_aware_always_picks_when_every_share_sits_past_the_cap() -> None:
-    """Eight endpoints with an even, short history (counts 3.05, e5's 3.0): counting this request every
-    share is past 1.25 (e5's: 4.0 / (25.35 / 8) = 1.26), yet one must take it, the lightest."""
+def test_prefix_aware_gives_a_hot_prefix_a_second_home_and_reuses_it() -> None:
+    """Past its bound the home sheds the next request to a shared prefix; the endpoint that takes it then
+    holds the prefix too, and the two share what follows by traffic."""
+    state = noted({"a": 32, "b": 20, "c": 24, "d": 24})  # a: 33 > ceil(1.2 * 101 / 4 + 1) = 32
+    state.index.record("a", SYSTEM)
+    state.index.record("c", "Another system prompt. " * 40)  # c and d hold other prompts: b is emptiest
+    state.index.record("d", "A third system prompt. " * 40)
+    endpoints = [ep(e) for e in "abcd"]
+    second = prefix_aware(endpoints, RequestInfo(SYSTEM + "q1", None), state, random.Random(0), NOW)
+    assert second == "b"
+    state.index.record("b", SYSTEM + "q1")
+    state.note("b", NOW)
+    assert prefix_aware(endpoints, RequestInfo(SYSTEM + "q2", None), state, random.Random(0), NOW) == "b"
+
+
+def test_prefix_aware_spreads_new_prefixes_over_the_emptiest_caches() -> None:
+    """Prefixes cached nowhere go where the cache has the most room, so N shared prompts on N endpoints get
+    one endpoint each, whatever the order they arrive in."""
+    rng = random.Random(4)
+    systems = [text(rng, 3000) for _ in range(4)]
     state = PolicyState()
-    for i in range(8):
-        for _ in range(4):  # four notes decayed to the target count by now
-            state.note(f"e{i}", NOW - RECENT_TAU_S * math.log(4 / (3.0 if i == 5 else 3.05)))
-    endpoints = [ep(f"e{i}") for i in range(8)]
-    assert prefix_aware(endpoints, RequestInfo(SYSTEM, None), state, random.Random(0), NOW) == "e5"
+    endpoints = [ep(f"e{i}") for i in range(4)]
+    homes: dict[int, set[str]] = {k: set() for k in range(4)}
+    for k in [0, 1, 0, 2, 0, 1, 3, 2, 3, 1, 0, 2]:
+        prompt = prompt_text_of({"messages": [{"role": "system", "content": systems[k]},
+                                              {"role": "user", "content": text(rng, 200)}]})  # fmt: skip
+        target = prefix_aware(endpoints, RequestInfo(prompt, None), state, rng, NOW)
+        assert target is not None
+        state.index.record(target, prompt, capacity=200)
+        state.note(target, NOW)
+        homes[k].add(target)
+    assert all(len(h) == 1 for h in homes.values())
+    assert len(set().union(*homes.values())) == 4
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prefix_aware_always_finds_an_endpoint_within_the_bound(seed: int) -> None:
+    """The lightest endpoint per unit of weight is at or under the mean, so it always fits its bound:
+    whatever the history and weights, a ready endpoint is returned and the bound is respected."""
+    rng = random.Random(seed)
+    endpoints = [ep(f"e{i}", weight=rng.choice([1.0, 2.0, 4.0])) for i in range(rng.randint(1, 9))]
+    state = noted({e.id: rng.randint(0, 40) for e in endpoints})
+    target = prefix_aware(endpoints, RequestInfo(SYSTEM, None), state, rng, NOW)
+    assert target is not None
+    weight = {e.id: e.weight for e in endpoints}
+    mean = (sum(state.recent_count(e.id, NOW) for e in endpoints) + 1) / sum(weight.values())
+    assert state.recent_count(target, NOW) + 1 <= math.ceil(
+        (1 + SHARE_EPSILON) * mean * weight[target] + SHARE_SLACK
+    )

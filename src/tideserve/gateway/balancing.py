@@ -30,26 +30,20 @@ SATURATED_WAITING = 1_000
 # requests (β): enough to steer away from it, not enough to outweigh a real queue.
 RUNNING_WEIGHT = 0.25
 KV_WEIGHT = 4.0
-# prefix_aware: a cached prefix skips its prefill, which usually costs more than sharing a busier batch,
-# so the (small) load term only decides between similar matches; the bounded load caps how far affinity
-# can pile in-flight requests onto one endpoint (ε=1: twice the mean; tighter bounds, and a heavier load
-# term, split conversations off their cache on the noise of small in-flight counts), and the
-# traffic-share terms below keep the totals even.
-LOAD_WEIGHT = 0.1
-LOAD_EPSILON = 1.0
-RECENT_TAU_S = 60.0
-# About 8 KB of prompt text (2K tokens): a prefix this long cached is worth the most affinity gives.
-AFFINITY_BLOCKS = 128
-# Past 1 + SHARE_SLACK times its fair share of recent traffic an endpoint's score drops by OVER_WEIGHT
-# per unit of share, so the requests that would reuse least there (new conversations) go elsewhere
-# first; past 1 + SHARE_CAP it takes nothing new. Shares count once the history holds
-# SHARE_MIN_REQUESTS per endpoint.
-SHARE_SLACK = 0.15
-OVER_WEIGHT = 2.0
-SHARE_CAP = 0.25
-SHARE_MIN_REQUESTS = 3
-# Well below any real score difference (one cached block of a long prompt is ~1e-3).
-TIE_WEIGHT = 1e-6
+# prefix_aware: a cached prefix skips its prefill, so the request goes where the longest prefix is cached,
+# among the endpoints whose recent traffic stays within ceil((1+ε)·mean + slack) (consistent hashing
+# with bounded loads, applied to the traffic share). The slack, in requests, keeps the first few
+# requests of a shared prefix together while counts are too small to mean anything. Traffic decays
+# within seconds: the share that matters is today's, and conversations that ended must stop steering
+# new ones. In-flight load is bounded as well (ε=2: three times the mean), which only bites on bursts
+# or a stalled endpoint; tighter, it splits conversations off their cache on the noise of small counts.
+LOAD_EPSILON = 2.0
+SHARE_EPSILON = 0.2
+SHARE_SLACK = 1.0
+RECENT_TAU_S = 3.0
+# A match shorter than this (~64 tokens: a role header, a one-line instruction) is no reason to pick
+# an endpoint.
+MIN_AFFINITY_BLOCKS = 4
 BLOCK_CHARS = 64
 # Text per token of BPE vocabularies on English, to size the index from an engine's cache in tokens.
 CHARS_PER_TOKEN = 4
@@ -126,6 +120,7 @@ class PrefixIndex:
     def __init__(self, capacity: int = INDEX_CAPACITY) -> None:
         self.capacity = capacity
         self._blocks: dict[str, OrderedDict[int, None]] = {}
+        self._limits: dict[str, int] = {}
 
     def matched_blocks(self, endpoint_id: str, hashes: Sequence[int]) -> int:
         blocks = self._blocks.get(endpoint_id)
@@ -149,13 +144,19 @@ class PrefixIndex:
         for h in reversed(block_hashes(prompt)):
             blocks[h] = None
             blocks.move_to_end(h)
-        limit = capacity or self.capacity
+        limit = self._limits[endpoint_id] = capacity or self.capacity
         while len(blocks) > limit:
             blocks.popitem(last=False)
+
+    def fill(self, endpoint_id: str) -> float:
+        """How full the endpoint's cache is believed to be, 0..1."""
+        blocks = self._blocks.get(endpoint_id)
+        return len(blocks) / self._limits.get(endpoint_id, self.capacity) if blocks else 0.0
 
     def forget(self, endpoint_id: str) -> None:
         """The endpoint is gone; a new one with the same id starts with an empty cache."""
         self._blocks.pop(endpoint_id, None)
+        self._limits.pop(endpoint_id, None)
 
 
 def index_capacity(cache_tokens: float) -> int | None:
@@ -265,12 +266,6 @@ def kv_score(ep: EndpointState, now: float, stale_after: float = STALE_AFTER_S) 
     return -cost / ep.weight
 
 
-def prefix_score(matched: int, total: int, load: float, max_load: float) -> float:
-    """Share of the prompt already cached, less a load penalty in [0, LOAD_WEIGHT)."""
-    cached = matched / total if total else 0.0
-    return cached - LOAD_WEIGHT * load / (max_load + 1)
-
-
 def rendezvous_score(key: str, ep: EndpointState) -> float:
     """Weighted highest-random-weight hashing: each (key, endpoint) pair gets a fixed score, so removing an
     endpoint only moves the keys it was winning. Uses a stable hash so gateway replicas agree."""
@@ -279,7 +274,10 @@ def rendezvous_score(key: str, ep: EndpointState) -> float:
     return -ep.weight / math.log(u)
 
 
-def select_best(scored: Sequence[tuple[EndpointState, float]], rng: random.Random) -> str | None:
+Score = float | tuple[float, ...]
+
+
+def select_best(scored: Sequence[tuple[EndpointState, Score]], rng: random.Random) -> str | None:
     if not scored:
         return None
     best = max(score for _, score in scored)
@@ -321,43 +319,33 @@ def least_kv(
 def prefix_aware(
     endpoints: Endpoints, request: RequestInfo, state: PolicyState, rng: random.Random, now: float
 ) -> str | None:
-    """Where the longest cached prefix is, unless that endpoint is busy or already gets more than its
-    share of traffic.
+    """Where the longest cached prefix is, among the endpoints within their share of recent traffic.
 
-    The cache gain counts cached blocks against AFFINITY_BLOCKS rather than the prompt's length, so a
-    conversation with a long history sticks harder than a new one that shares only a system prompt;
-    when an endpoint's recent traffic exceeds its fair share by more than SHARE_SLACK, it sheds the
-    requests it would save the least on first, and past SHARE_CAP it takes none, which keeps the totals
-    balanced (consistent hashing with bounded loads, applied to the traffic share). In-flight load is
-    bounded as well."""
+    Within the bound the cache decides: a conversation returns to its history, a new conversation joins
+    the endpoint that already holds its system prompt, and equal matches go to the lighter share. A
+    prefix cached nowhere goes where the cache has the most room, so shared prompts spread one per
+    endpoint before any endpoint holds two. An endpoint past its bound takes nothing, whatever it has
+    cached: the request that would land there is the one that splits a hot prefix onto a second
+    endpoint, which is how a popular system prompt gets its second home."""
     candidates = bounded_load_filter(
         eligible(endpoints, now, state.stale_after), now, state.stale_after, state.epsilon
     )
     if not candidates:
         return None
+    recent = {ep.id: state.recent_count(ep.id, now) for ep in candidates}
+    mean = (sum(recent.values()) + 1) / sum(ep.weight for ep in candidates)  # per unit of weight
+    # Never empty: the lightest endpoint per unit of weight is at or under the mean, so it fits.
+    within = [
+        ep
+        for ep in candidates
+        if recent[ep.id] + 1 <= math.ceil((1 + SHARE_EPSILON) * mean * ep.weight + SHARE_SLACK)
+    ]
     hashes = block_hashes(request.prompt_text)
-    loads = [load_of(ep, now, state.stale_after) / ep.weight for ep in candidates]
-    max_load = max(loads)
-    recent = [state.recent_count(ep.id, now) for ep in candidates]
-    total_weight = sum(ep.weight for ep in candidates)
-    fair = (sum(recent) + 1) / total_weight  # requests per unit of weight, this one included
-    # Shares of a short history are noise (the first request is 100% of it).
-    shares_count = sum(recent) >= SHARE_MIN_REQUESTS * len(candidates)
-    scored = []
-    for ep, load, count in zip(candidates, loads, recent, strict=True):
-        gain = min(1.0, state.index.matched_blocks(ep.id, hashes) / AFFINITY_BLOCKS)
-        share = (count + 1) / (fair * ep.weight)
-        if shares_count and share > 1 + SHARE_CAP:
-            continue  # the hard bound on traffic share, whatever the cache
-        over = max(0.0, share - 1 - SHARE_SLACK) if shares_count else 0.0
-        # The last term only breaks ties: new prefixes go where recent traffic is lightest.
-        score = gain - LOAD_WEIGHT * load / (max_load + 1) - OVER_WEIGHT * over - TIE_WEIGHT * share
-        scored.append((ep, score))
-    if not scored:
-        # Every share counts this request, so a short, even history can put all of them past the cap
-        # (8+ endpoints at SHARE_MIN_REQUESTS each); the lightest then takes it, the cap being moot.
-        lightest = min(zip(candidates, recent, strict=True), key=lambda pair: pair[1] / pair[0].weight)[0]
-        return lightest.id
+    matched = {ep.id: state.index.matched_blocks(ep.id, hashes) for ep in within}
+    if max(matched.values()) < MIN_AFFINITY_BLOCKS:
+        scored = [(ep, (-state.index.fill(ep.id), -recent[ep.id] / ep.weight, -ep.inflight)) for ep in within]
+    else:
+        scored = [(ep, (matched[ep.id], -recent[ep.id] / ep.weight, -ep.inflight)) for ep in within]
     return select_best(scored, rng)
 
 
