@@ -281,7 +281,7 @@ SYSTEM = "You are a careful assistant. " * 300  # 8,700 characters: 135 full blo
     [
         # cached prefix wins over a lighter load while within the bound, ceil(1.25 * 5/3) = 3
         ([ep("a", inflight=2), ep("b"), ep("c", inflight=2)], {"a": SYSTEM}, {"a"}),
-        # a match under MIN_AFFINITY_BLOCKS (here 3 blocks) is no reason: the emptier cache wins
+        # a match under MIN_AFFINITY_BLOCKS (here 3 blocks) is no reason: the slower-filling cache wins
         ([ep("a", inflight=2), ep("b")], {"a": SYSTEM[:192]}, {"b"}),
         # the longest match wins
         ([ep("a"), ep("b")], {"a": SYSTEM[:640], "b": SYSTEM}, {"b"}),
@@ -289,7 +289,7 @@ SYSTEM = "You are a careful assistant. " * 300  # 8,700 characters: 135 full blo
         ([ep("a", inflight=1), ep("b")], {"a": SYSTEM, "b": SYSTEM}, {"b"}),
         # over the bound, ceil(1.25 * 7/2) = 5, the cached endpoint is excluded
         ([ep("a", inflight=5), ep("b", inflight=1)], {"a": SYSTEM}, {"b"}),
-        # nothing cached anywhere, caches equally empty: least loaded, ties at random
+        # nothing cached anywhere, no cache growing: least loaded, ties at random
         ([ep("a", inflight=1), ep("b"), ep("c")], {}, {"b", "c"}),
         # not ready: the cache does not matter
         ([ep("a", ready=False), ep("b")], {"a": SYSTEM}, {"b"}),
@@ -298,7 +298,7 @@ SYSTEM = "You are a careful assistant. " * 300  # 8,700 characters: 135 full blo
 def test_prefix_aware(endpoints: list[EndpointState], recorded: dict[str, str], expected: set[str]) -> None:
     state = PolicyState(epsilon=0.25)
     for endpoint_id, prompt in recorded.items():
-        state.index.record(endpoint_id, prompt)
+        state.record(endpoint_id, prompt, None, NOW)
     assert_choices(prefix_aware, endpoints, RequestInfo(SYSTEM + "user: hi", None), expected, state)
 
 
@@ -336,7 +336,7 @@ def test_prefix_aware_keeps_a_shared_system_prompt_on_one_endpoint_under_the_bou
         prompt = prompt_text_of({"messages": [system, {"role": "user", "content": text(rng, 200)}]})
         target = prefix_aware(endpoints, RequestInfo(prompt, None), state, rng, NOW)
         assert target is not None
-        state.index.record(target, prompt)
+        state.record(target, prompt, None, NOW)
         inflight[target] += 1
         assert max(inflight.values()) <= math.ceil(1.25 * statistics.mean(inflight.values()))
         if not home_fits:
@@ -368,7 +368,7 @@ def simulate(policy: Policy, seed: int, requests: int = 1000) -> tuple[dict[str,
         endpoints = [ep(e, inflight=len(ends), running=len(ends)) for e, ends in finishing.items()]
         target = policy(endpoints, RequestInfo(prompt, None), state, rng, NOW)
         assert target is not None
-        state.index.record(target, prompt)
+        state.record(target, prompt, None, NOW)
         state.note(target, NOW)
         hashes = block_hashes(prompt)
         hits += next((i for i, h in enumerate(hashes) if h not in engine_cache[target]), len(hashes))
@@ -437,7 +437,7 @@ def noted(counts: dict[str, int]) -> PolicyState:
 
 def test_prefix_aware_takes_nothing_past_the_share_bound() -> None:
     state = noted({"a": 27, "b": 20, "c": 20, "d": 20})
-    state.index.record("a", SYSTEM)  # however long the cached history there
+    state.record("a", SYSTEM, None, NOW)  # however long the cached history there
     endpoints = [ep(e) for e in "abcd"]
     # a's bound is ceil(1.2 * (87 + 1) / 4 + 1) = 28: taking this request it stays within
     assert prefix_aware(endpoints, RequestInfo(SYSTEM + "more", None), state, random.Random(0), NOW) == "a"
@@ -453,20 +453,20 @@ def test_prefix_aware_gives_a_hot_prefix_a_second_home_and_reuses_it() -> None:
     """Past its bound the home sheds the next request to a shared prefix; the endpoint that takes it then
     holds the prefix too, and the two share what follows by traffic."""
     state = noted({"a": 32, "b": 20, "c": 24, "d": 24})  # a: 33 > ceil(1.2 * 101 / 4 + 1) = 32
-    state.index.record("a", SYSTEM)
-    state.index.record("c", "Another system prompt. " * 40)  # c and d hold other prompts: b is emptiest
-    state.index.record("d", "A third system prompt. " * 40)
+    state.record("a", SYSTEM, None, NOW)
+    state.record("c", "Another system prompt. " * 40, None, NOW)  # c, d fill up with others: b grows slowest
+    state.record("d", "A third system prompt. " * 40, None, NOW)
     endpoints = [ep(e) for e in "abcd"]
     second = prefix_aware(endpoints, RequestInfo(SYSTEM + "q1", None), state, random.Random(0), NOW)
     assert second == "b"
-    state.index.record("b", SYSTEM + "q1")
+    state.record("b", SYSTEM + "q1", None, NOW)
     state.note("b", NOW)
     assert prefix_aware(endpoints, RequestInfo(SYSTEM + "q2", None), state, random.Random(0), NOW) == "b"
 
 
 def test_prefix_aware_spreads_new_prefixes_over_the_emptiest_caches() -> None:
-    """Prefixes cached nowhere go where the cache has the most room, so N shared prompts on N endpoints get
-    one endpoint each, whatever the order they arrive in."""
+    """Prefixes cached nowhere go where current traffic fills the cache slowest, so N shared prompts on N
+    endpoints get one endpoint each, whatever the order they arrive in."""
     rng = random.Random(4)
     systems = [text(rng, 3000) for _ in range(4)]
     state = PolicyState()
@@ -477,11 +477,39 @@ def test_prefix_aware_spreads_new_prefixes_over_the_emptiest_caches() -> None:
                                               {"role": "user", "content": text(rng, 200)}]})  # fmt: skip
         target = prefix_aware(endpoints, RequestInfo(prompt, None), state, rng, NOW)
         assert target is not None
-        state.index.record(target, prompt, capacity=200)
+        state.record(target, prompt, 200, NOW)
         state.note(target, NOW)
         homes[k].add(target)
     assert all(len(h) == 1 for h in homes.values())
     assert len(set().union(*homes.values())) == 4
+
+
+def test_prefix_aware_ignores_what_old_traffic_left_in_a_cache() -> None:
+    """A cache full of prompts nobody sent for a minute costs a new prefix nothing (the engine evicts
+    them first); one that current traffic keeps filling does."""
+    state = PolicyState()
+    state.record("a", "An old conversation. " * 400, None, NOW - 60)
+    state.record("b", "A current conversation. " * 20, None, NOW)
+    assert prefix_aware([ep("a"), ep("b")], RequestInfo(SYSTEM, None), state, random.Random(0), NOW) == "a"
+
+
+def test_policy_state_prune_forgets_gone_endpoints_only() -> None:
+    state = PolicyState()
+    for e in "abc":
+        state.note(e, NOW)
+        state.record(e, SYSTEM, None, NOW)
+    state.prune({"b", "z"})
+    hashes = block_hashes(SYSTEM)
+    assert [state.index.matched_blocks(e, hashes) for e in "abc"] == [0, len(hashes), 0]
+    assert set(state.recent) == set(state.growth) == {"b"}
+    assert state.index.endpoints() == ["b"]
+
+
+def test_index_record_counts_the_blocks_new_there() -> None:
+    index = PrefixIndex()
+    assert index.record("a", SYSTEM) == len(block_hashes(SYSTEM))
+    assert index.record("a", SYSTEM + "x" * 2 * BLOCK_CHARS) == 2
+    assert index.record("b", SYSTEM) == len(block_hashes(SYSTEM))
 
 
 @pytest.mark.parametrize("seed", range(20))

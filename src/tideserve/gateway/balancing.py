@@ -15,7 +15,7 @@ import hashlib
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +120,6 @@ class PrefixIndex:
     def __init__(self, capacity: int = INDEX_CAPACITY) -> None:
         self.capacity = capacity
         self._blocks: dict[str, OrderedDict[int, None]] = {}
-        self._limits: dict[str, int] = {}
 
     def matched_blocks(self, endpoint_id: str, hashes: Sequence[int]) -> int:
         blocks = self._blocks.get(endpoint_id)
@@ -133,30 +132,30 @@ class PrefixIndex:
             matched += 1
         return matched
 
-    def record(self, endpoint_id: str, prompt: str, capacity: int | None = None) -> None:
-        """Called by the gateway after sending `prompt` to `endpoint_id`, whichever policy chose it.
+    def record(self, endpoint_id: str, prompt: str, capacity: int | None = None) -> int:
+        """Notes that `prompt` was sent to `endpoint_id`; returns how many of its blocks were new there.
         `capacity` (blocks) is the engine's own cache size when it publishes one (see
         `index_capacity`): an index that outlives the engine's evictions sends requests to a prefix
         that is gone."""
         blocks = self._blocks.setdefault(endpoint_id, OrderedDict())
+        hashes = block_hashes(prompt)
+        new = len(hashes) - self.matched_blocks(endpoint_id, hashes)
         # Head blocks become the most recent, so eviction trims prefixes from the tail and never leaves a
         # tail that can no longer be reached through its chain.
-        for h in reversed(block_hashes(prompt)):
+        for h in reversed(hashes):
             blocks[h] = None
             blocks.move_to_end(h)
-        limit = self._limits[endpoint_id] = capacity or self.capacity
+        limit = capacity or self.capacity
         while len(blocks) > limit:
             blocks.popitem(last=False)
+        return new
 
-    def fill(self, endpoint_id: str) -> float:
-        """How full the endpoint's cache is believed to be, 0..1."""
-        blocks = self._blocks.get(endpoint_id)
-        return len(blocks) / self._limits.get(endpoint_id, self.capacity) if blocks else 0.0
+    def endpoints(self) -> list[str]:
+        return list(self._blocks)
 
     def forget(self, endpoint_id: str) -> None:
         """The endpoint is gone; a new one with the same id starts with an empty cache."""
         self._blocks.pop(endpoint_id, None)
-        self._limits.pop(endpoint_id, None)
 
 
 def index_capacity(cache_tokens: float) -> int | None:
@@ -174,17 +173,40 @@ class PolicyState:
     rr_next: int = 0
     stale_after: float = STALE_AFTER_S
     epsilon: float = LOAD_EPSILON
-    # Requests sent to each endpoint, decaying with RECENT_TAU_S: a smooth share of traffic that
-    # places new prefixes where traffic is lightest (in-flight counts are too noisy for that).
+    # Requests sent to each endpoint, decaying with RECENT_TAU_S: each endpoint's share of current
+    # traffic, which bounds how much prefix affinity may pile onto one (in-flight counts are too noisy).
     recent: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Blocks newly cached on each endpoint, decaying alike: how fast current traffic fills its cache.
+    # A new prefix costs least where that is slowest; what old traffic left there is evicted first.
+    growth: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def recent_count(self, endpoint_id: str, now: float) -> float:
-        value, at = self.recent.get(endpoint_id, (0.0, now))
-        return value * math.exp(-(now - at) / RECENT_TAU_S)
+        return _decayed(self.recent, endpoint_id, now)
+
+    def recent_growth(self, endpoint_id: str, now: float) -> float:
+        return _decayed(self.growth, endpoint_id, now)
 
     def note(self, endpoint_id: str, now: float) -> None:
         """Called by the gateway for every request it sends, whichever policy chose the endpoint."""
         self.recent[endpoint_id] = (self.recent_count(endpoint_id, now) + 1.0, now)
+
+    def record(self, endpoint_id: str, prompt: str, capacity: int | None, now: float) -> None:
+        """Called by the gateway after sending `prompt` to `endpoint_id` under prefix_aware."""
+        new = self.index.record(endpoint_id, prompt, capacity)
+        self.growth[endpoint_id] = (self.recent_growth(endpoint_id, now) + new, now)
+
+    def prune(self, live: Collection[str]) -> None:
+        """Drops what is remembered of endpoints that are gone: an index the size of an engine's cache
+        per instance would otherwise pile up as instances come and go."""
+        for endpoint_id in {*self.index.endpoints(), *self.recent, *self.growth} - set(live):
+            self.index.forget(endpoint_id)
+            self.recent.pop(endpoint_id, None)
+            self.growth.pop(endpoint_id, None)
+
+
+def _decayed(values: dict[str, tuple[float, float]], key: str, now: float) -> float:
+    value, at = values.get(key, (0.0, now))
+    return value * math.exp(-(now - at) / RECENT_TAU_S)
 
 
 def is_stale(ep: EndpointState, now: float, stale_after: float = STALE_AFTER_S) -> bool:
@@ -323,10 +345,10 @@ def prefix_aware(
 
     Within the bound the cache decides: a conversation returns to its history, a new conversation joins
     the endpoint that already holds its system prompt, and equal matches go to the lighter share. A
-    prefix cached nowhere goes where the cache has the most room, so shared prompts spread one per
-    endpoint before any endpoint holds two. An endpoint past its bound takes nothing, whatever it has
-    cached: the request that would land there is the one that splits a hot prefix onto a second
-    endpoint, which is how a popular system prompt gets its second home."""
+    prefix cached nowhere goes where current traffic fills the cache slowest, so shared prompts spread
+    one per endpoint before any endpoint holds two. An endpoint past its bound takes nothing, whatever it has
+    cached, which is how a popular system prompt gets a second home: its next request goes to the
+    slowest-filling cache within the bound, and later ones share both homes by traffic."""
     candidates = bounded_load_filter(
         eligible(endpoints, now, state.stale_after), now, state.stale_after, state.epsilon
     )
@@ -343,7 +365,8 @@ def prefix_aware(
     hashes = block_hashes(request.prompt_text)
     matched = {ep.id: state.index.matched_blocks(ep.id, hashes) for ep in within}
     if max(matched.values()) < MIN_AFFINITY_BLOCKS:
-        scored = [(ep, (-state.index.fill(ep.id), -recent[ep.id] / ep.weight, -ep.inflight)) for ep in within]
+        growth = {ep.id: state.recent_growth(ep.id, now) / ep.weight for ep in within}
+        scored = [(ep, (-growth[ep.id], -recent[ep.id] / ep.weight, -ep.inflight)) for ep in within]
     else:
         scored = [(ep, (matched[ep.id], -recent[ep.id] / ep.weight, -ep.inflight)) for ep in within]
     return select_best(scored, rng)

@@ -224,6 +224,12 @@ class Gateway:
             del self.breakers[instance_id]  # a restarted instance gets a new id and a fresh breaker
             with contextlib.suppress(KeyError):  # never scraped while it existed
                 self.metrics.breaker.remove(instance_id)
+        for service in list(self.policy_states):
+            route = self.table.route(service)
+            if route is None:
+                del self.policy_states[service]
+            else:
+                self.policy_states[service].prune({e.instance_id for e in route.endpoints})
         for q in self.queues.values():
             q.wake_all()
 
@@ -460,7 +466,7 @@ class Gateway:
                     if cfg.policy == "prefix_aware":
                         load = by_id[chosen].load
                         capacity = index_capacity(load.cache_tokens) if load is not None else None
-                        state.index.record(chosen, info.prompt_text, capacity)
+                        state.record(chosen, info.prompt_text, capacity, now)
                     return by_id[chosen]
                 states = [s for s in states if s.id != chosen]
         return None
