@@ -452,9 +452,9 @@ def test_prefix_aware_takes_nothing_past_the_share_bound() -> None:
 def test_prefix_aware_gives_a_hot_prefix_a_second_home_and_reuses_it() -> None:
     """Past its bound the home sheds the next request to a shared prefix; the endpoint that takes it then
     holds the prefix too, and the two share what follows by traffic."""
-    state = noted({"a": 32, "b": 20, "c": 24, "d": 24})  # a: 33 > ceil(1.2 * 101 / 4 + 1) = 32
+    state = noted({"a": 32, "b": 24, "c": 20, "d": 24})  # a: 33 > ceil(1.2 * 101 / 4 + 1) = 32
     state.record("a", SYSTEM, None, NOW)
-    state.record("c", "Another system prompt. " * 40, None, NOW)  # c, d fill up with others: b grows slowest
+    state.record("c", "Another system prompt. " * 40, None, NOW)  # c, d fill up: b grows slowest, c lighter
     state.record("d", "A third system prompt. " * 40, None, NOW)
     endpoints = [ep(e) for e in "abcd"]
     second = prefix_aware(endpoints, RequestInfo(SYSTEM + "q1", None), state, random.Random(0), NOW)
@@ -464,7 +464,7 @@ def test_prefix_aware_gives_a_hot_prefix_a_second_home_and_reuses_it() -> None:
     assert prefix_aware(endpoints, RequestInfo(SYSTEM + "q2", None), state, random.Random(0), NOW) == "b"
 
 
-def test_prefix_aware_spreads_new_prefixes_over_the_emptiest_caches() -> None:
+def test_prefix_aware_spreads_new_prefixes_over_the_slowest_filling_caches() -> None:
     """Prefixes cached nowhere go where current traffic fills the cache slowest, so N shared prompts on N
     endpoints get one endpoint each, whatever the order they arrive in."""
     rng = random.Random(4)
