@@ -1052,28 +1052,29 @@ def routing_run(routers: list[str], cfg: Config, log_dir: Path, skipped: dict, r
         for name, policy in configs:
             key = f"{name} {policy}"
             print(f"[routing] {key} ...", flush=True)
+            # Several seeds (different system prompts and conversation mixes): a single run of ~200
+            # requests moves a few points either way with timing. Each seed is a cold start of router
+            # and caches alike: the fakes' caches are emptied, so whatever a router learnt in the seed
+            # before (its index, its traffic counts) describes caches that are gone.
             runs = []
-            try:
-                # Several seeds (different system prompts and conversation mixes): a single run of ~200
-                # requests moves a few points either way with timing. Each seed is a cold start of
-                # router and caches alike: the fakes' caches are emptied, so whatever a router learnt in
-                # the seed before (its index, its traffic counts) describes caches that are gone.
-                for i in range(cfg.rt_seeds):
-                    fakes.ensure_healthy(key)
+            for i in range(cfg.rt_seeds):
+                fakes.ensure_healthy(key)
+                try:
                     router = start_router(name, policy, fakes, log_dir)
-                    try:
-                        fakes.reset()  # after the router's start-up probe
-                        runs.append(_routing_seed(router, fakes, {**spec, "seed": f"routing-{i}"}))
-                    finally:
-                        router.stop()
-            except RuntimeError as exc:
-                routing[key] = {"error": f"did not start: {str(exc)[:600]}"}
-                print(f"  skipped: {routing[key]['error']}", flush=True)
-                continue
-            result = _combine_routing(runs)
-            result.update(name=name, policy=policy)
-            routing[key] = result
-            print(f"  {_fmt_routing_line(key, result)}", flush=True)
+                except RuntimeError as exc:
+                    routing[key] = {"error": f"did not start: {str(exc)[:600]}"}
+                    print(f"  skipped: {routing[key]['error']}", flush=True)
+                    break
+                try:
+                    fakes.reset()  # after the router's start-up probe
+                    runs.append(_routing_seed(router, fakes, {**spec, "seed": f"routing-{i}"}))
+                finally:
+                    router.stop()
+            else:
+                result = _combine_routing(runs)
+                result.update(name=name, policy=policy)
+                routing[key] = result
+                print(f"  {_fmt_routing_line(key, result)}", flush=True)
     finally:
         fakes.stop()
         if fakes.restarts:

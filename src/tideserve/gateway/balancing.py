@@ -138,13 +138,15 @@ class PrefixIndex:
         `index_capacity`): an index that outlives the engine's evictions sends requests to a prefix
         that is gone."""
         blocks = self._blocks.setdefault(endpoint_id, OrderedDict())
-        hashes = block_hashes(prompt)
-        new = len(hashes) - self.matched_blocks(endpoint_id, hashes)
+        new = 0
         # Head blocks become the most recent, so eviction trims prefixes from the tail and never leaves a
         # tail that can no longer be reached through its chain.
-        for h in reversed(hashes):
-            blocks[h] = None
-            blocks.move_to_end(h)
+        for h in reversed(block_hashes(prompt)):
+            if h in blocks:
+                blocks.move_to_end(h)
+            else:
+                blocks[h] = None
+                new += 1
         limit = capacity or self.capacity
         while len(blocks) > limit:
             blocks.popitem(last=False)
